@@ -1,0 +1,45 @@
+# Everything runs inside .venv, built from constraints.txt (the pinned, reproducible environment).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.zls-installed
+RUN ?= shapes-default
+
+.PHONY: setup run test check-sync nbtest pytest clean-venv
+
+$(STAMP): constraints.txt settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt pip setuptools wheel
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-build-isolation -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/zls run --name $(RUN)
+
+test: setup
+	$(MAKE) --no-print-directory check-sync
+	$(MAKE) --no-print-directory nbtest
+	$(MAKE) --no-print-directory pytest
+
+# zls/ is generated from nbs/ and notebooks are stored clean: exporting or cleaning must change nothing.
+SYNCED = find zls -name '*.py' -not -path '*/__pycache__/*'; find nbs pipelines -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*'
+check-sync: setup
+	@before="$$( { $(SYNCED); } | sort | xargs sha1sum)"; \
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && $(BIN)/nbdev_clean --fname pipelines; \
+	after="$$( { $(SYNCED); } | sort | xargs sha1sum)"; \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "check-sync: nbdev_export/nbdev_clean changed these files; commit the exported/cleaned versions:"; \
+	  diff <(echo "$$before") <(echo "$$after"); exit 1; \
+	else echo "check-sync: zls/ matches nbs/, notebooks are clean"; fi
+
+nbtest: setup
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+pytest: setup
+	$(BIN)/pytest -q tests
+
+clean-venv:
+	rm -rf $(VENV)
