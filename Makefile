@@ -36,7 +36,8 @@ check-sync: setup
 	else echo "check-sync: zls/ matches nbs/, notebooks are clean"; fi
 
 nbtest: setup
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	# one thread per notebook process: two processes on two cores, no OpenMP oversubscription
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest: setup
 	$(BIN)/pytest -q tests

@@ -1,0 +1,94 @@
+"""The STRICT pipeline through papermill at a tiny size: templates, driver, failure, kill and resume, CLI."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import papermill as pm
+import psutil
+import pytest
+from zls.pipeline import DEFAULTS, PIPELINES, RoundFailed, run_strict
+
+ROOT = Path(__file__).resolve().parent.parent
+ZLS = str(Path(sys.executable).parent / 'zls')
+# small enough for seconds per round on 2 cores, big enough that every unseen class occurs
+TINY = dict(n_train=48, n_val=24, iters0=40, iters=20, batch_size=8, eval_batch=24, log_every=20, ckpt_every=20)
+
+
+def test_round_template_defaults_match_library():
+    "The literals in round.ipynb's parameters cell are zls.pipeline.DEFAULTS, plus the per-round ones."
+    params = pm.inspect_notebook(str(PIPELINES / 'round.ipynb'))
+    per_round = {'run_dir', 'round_index', 'generator_ckpt'}
+    assert set(params) == set(DEFAULTS) | per_round
+    for k, v in DEFAULTS.items():
+        got = params[k]['default']
+        assert eval(got) == v, f'round.ipynb default of {k} is {got}, zls.pipeline.DEFAULTS says {v!r}'
+        assert params[k]['help'], f'round.ipynb parameter {k} needs a comment'
+
+
+def test_tiny_run_through_papermill(tmp_path):
+    table = run_strict('tiny', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), **TINY)
+    run = tmp_path / 'tiny'
+    for f in ('run.json', 'round_0.ipynb', 'round_1.ipynb', 'report.ipynb', 'results.md', 'results.csv',
+              'rounds.png', 'pseudo_quality.png', 'examples.png', 'round_0/metrics.json', 'round_1/metrics.json',
+              'round_1/pseudo/quality.csv', 'round_1/pseudo_identity/quality.csv'):
+        assert (run / f).exists(), f
+    assert list(table.index) == [0, 1]
+    m1 = json.loads((run / 'round_1/metrics.json').read_text())
+    assert m1['params']['iters'] == 20
+    rows = {r['class']: r for r in m1['pseudo']}
+    assert {'red cross', 'green triangle', 'blue square', 'yellow circle', 'all'} <= set(rows)
+    assert rows['all']['n_pseudo'] > 0, 'round 1 must produce pseudo-labels'
+    assert rows['red circle']['n_pseudo'] == 0, 'pseudo-labels are unseen classes only'
+    assert 0 <= table.loc[1, 'unseen'] <= 100
+    # a second call finds every round done and trains nothing
+    t0 = time.time(); run_strict('tiny', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **TINY)
+    assert time.time() - t0 < 5
+
+
+def test_failed_round_keeps_notebook(tmp_path):
+    with pytest.raises(RoundFailed, match='keeps|kept') as e:
+        run_strict('bad', rounds=0, out_root=tmp_path, data_root=str(tmp_path / 'data'), **dict(TINY, backbone='resnet9'))
+    assert "unknown backbone 'resnet9'" in str(e.value)
+    assert (tmp_path / 'bad' / 'round_0.ipynb').exists()
+
+
+def _zls_run(out, name, extra=()):
+    sets = [a for k, v in dict(TINY, iters0=200, ckpt_every=25, data_root=str(out / 'data')).items() for a in ('--set', f'{k}={v}')]
+    return [ZLS, 'run', '--name', name, '--out', str(out), '--rounds', '1', '--no-report', *sets, *extra]
+
+
+def test_kill_and_resume_gives_same_metrics(tmp_path):
+    "Kill a run mid-round (driver and kernel), run it again: the metrics equal an uninterrupted run's."
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    subprocess.run(_zls_run(tmp_path, 'straight'), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_zls_run(tmp_path, 'killed'), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / 'killed' / 'round_0' / 'train.pt'
+    deadline = time.time() + 300
+    while not ckpt.exists():
+        assert proc.poll() is None and time.time() < deadline, 'the run ended before its first checkpoint'
+        time.sleep(0.2)
+    time.sleep(1.0)
+    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    for pid in family:
+        try: os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError: pass
+    proc.wait()
+    assert not (tmp_path / 'killed' / 'round_0' / 'metrics.json').exists(), 'the kill came too late to test resuming'
+    import torch
+    step = torch.load(ckpt, weights_only=True)['step']
+    assert 0 < step < 200
+    out = subprocess.run(_zls_run(tmp_path, 'killed'), check=True, env=env, capture_output=True, text=True)
+    assert 'round 0' in out.stdout
+    for k in (0, 1):
+        a = json.loads((tmp_path / 'straight' / f'round_{k}' / 'metrics.json').read_text())
+        b = json.loads((tmp_path / 'killed' / f'round_{k}' / 'metrics.json').read_text())
+        assert a['plain'] == b['plain'] and a['calibrated'] == b['calibrated'], f'round {k} differs after resuming'
+        assert a.get('pseudo') == b.get('pseudo')
+
+
+def test_cli_help_and_bad_parameters(tmp_path):
+    out = subprocess.run([ZLS, 'run', '--help'], capture_output=True, text=True)
+    assert out.returncode == 0 and '--set KEY=VALUE' in out.stdout
+    bad = subprocess.run([ZLS, 'run', '--out', str(tmp_path), '--set', 'iters=lots'], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "zls: error: parameter iters expects a int, got 'lots'"
+    bad = subprocess.run([ZLS, 'run', '--out', str(tmp_path), '--set', 'lerning_rate=1'], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown parameter 'lerning_rate'" in bad.stderr
+    assert not any(tmp_path.iterdir()), 'a rejected command must not create anything'
