@@ -92,3 +92,13 @@ def test_cli_help_and_bad_parameters(tmp_path):
     bad = subprocess.run([ZLS, 'run', '--out', str(tmp_path), '--set', 'lerning_rate=1'], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown parameter 'lerning_rate'" in bad.stderr
     assert not any(tmp_path.iterdir()), 'a rejected command must not create anything'
+
+
+def test_driver_runs_rounds_in_two_processes(tmp_path):
+    "nproc=2: each round runs under torchrun (gloo on CPU) and leaves the same files as a notebook round."
+    table = run_strict('ddp', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **dict(TINY, nproc=2))
+    run = tmp_path / 'ddp'
+    assert list(table.index) == [0, 1]
+    for f in ('round_0.log', 'round_1.log', 'round_0/metrics.json', 'round_1/metrics.json', 'round_1/pseudo/quality.csv'):
+        assert (run / f).exists(), f
+    assert len(list((run / 'round_1' / 'pseudo').glob('*.png'))) == TINY['n_train']
