@@ -102,3 +102,22 @@ def test_driver_runs_rounds_in_two_processes(tmp_path):
     for f in ('round_0.log', 'round_1.log', 'round_0/metrics.json', 'round_1/metrics.json', 'round_1/pseudo/quality.csv'):
         assert (run / f).exists(), f
     assert len(list((run / 'round_1' / 'pseudo').glob('*.png'))) == TINY['n_train']
+
+
+def test_cli_eval_and_labels(tmp_path):
+    "`zls eval` re-evaluates a round checkpoint; `zls labels` writes pseudo-labels and never overwrites a round's."
+    run_strict('cli', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **TINY)
+    run = tmp_path / 'cli'
+    ev = subprocess.run([ZLS, 'eval', str(run / 'round_1' / 'train.pt'), '--gamma', '0', '--gamma', '0.6'], capture_output=True, text=True)
+    assert ev.returncode == 0, ev.stderr
+    m = json.loads((run / 'round_1' / 'metrics.json').read_text())
+    assert f"{m['plain']['hIoU']:.1f}" in ev.stdout and f"{m['calibrated']['hIoU']:.1f}" in ev.stdout
+    again = subprocess.run([ZLS, 'labels', str(run), '--round', '1'], capture_output=True, text=True)
+    assert again.returncode == 2 and 'already holds pseudo-labels' in again.stderr
+    out = tmp_path / 'relabel'
+    lb = subprocess.run([ZLS, 'labels', str(run), '--round', '1', '--out', str(out)], capture_output=True, text=True)
+    assert lb.returncode == 0, lb.stderr
+    for png in (run / 'round_1' / 'pseudo').glob('*.png'):  # the same generator and views give the same labels
+        assert (out / png.name).read_bytes() == png.read_bytes()
+    bad = subprocess.run([ZLS, 'eval', str(tmp_path / 'nope.pt')], capture_output=True, text=True)
+    assert bad.returncode == 2 and 'does not exist' in bad.stderr
