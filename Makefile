@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.zls-installed
 RUN ?= shapes-default
 
-.PHONY: setup run test check-sync nbtest pytest clean-venv
+.PHONY: setup browser run benchmark lab docs test check-sync nbtest pytest clean-venv
 
 $(STAMP): constraints.txt settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,23 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/zls run --name $(RUN)
 
-test: setup
+# headless Chromium for the browser tests (Debian packages; needs root, as on CI)
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || { echo "install Debian's chromium and chromium-driver (root needed)"; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# JupyterLab on the repository with the project's .venv (its kernel and the ipywidgets extension);
+# Jupyter refuses root without --allow-root, which containers need
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# every method on shapes, 3 seeds: outputs/benchmark/benchmark.md, .csv, .png (resumable)
+benchmark: setup
+	mkdir -p outputs/benchmark
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/papermill --no-progress-bar pipelines/benchmark.ipynb outputs/benchmark/benchmark.ipynb
+
+test: setup browser
 	$(MAKE) --no-print-directory check-sync
 	$(MAKE) --no-print-directory nbtest
 	$(MAKE) --no-print-directory pytest
@@ -35,11 +51,11 @@ check-sync: setup
 	  diff <(echo "$$before") <(echo "$$after"); exit 1; \
 	else echo "check-sync: zls/ matches nbs/, notebooks are clean"; fi
 
-nbtest: setup
+nbtest: setup browser
 	# one thread per notebook process: two processes on two cores, no OpenMP oversubscription
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
-pytest: setup
+pytest: setup browser
 	$(BIN)/pytest -q tests
 
 clean-venv:

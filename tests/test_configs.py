@@ -37,3 +37,22 @@ def test_data_check_reports_missing_tree(tmp_path):
         assert out.returncode == 1 and 'problem(s)' in out.stdout, out.stdout + out.stderr
     assert 'VOCtrainval_11-May-2012.tar' in subprocess.run([ZLS, 'data', 'check', 'voc', '--root', str(tmp_path)],
                                                            capture_output=True, text=True).stdout
+
+
+def test_pseudoseg_config_runs_on_miniature_voc(tmp_path):
+    """PseudoSeg through the driver on mini VOC: the labelled pool is VOC `train`, the rest of train_aug is unlabeled."""
+    data = tmp_path / 'data'; make_mini_voc(data)
+    tiny = dict(TINY, data_root=str(data), ps_unlabeled_batch=2)
+    sets = [a for k, v in tiny.items() for a in ('--set', f'{k}={v}')]
+    out = subprocess.run([ZLS, 'run', '--config', 'voc-pseudoseg', '--out', str(tmp_path / 'out'), '--no-report', *sets],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    run = tmp_path / 'out' / 'voc-pseudoseg'
+    p = json.loads((run / 'run.json').read_text())
+    assert p['rounds'] == 0 and p['params']['method'] == 'pseudoseg' and p['params']['backbone'] == 'deeplabv3plus_resnet101'
+    from zls.voc import read_ids
+    labeled = (run / 'round_0' / 'labeled.txt').read_text().split()
+    voc_train = read_ids(data / 'VOCdevkit' / 'VOC2012' / 'ImageSets' / 'Segmentation' / 'train.txt')
+    assert len(labeled) == 1 and set(labeled) <= set(voc_train)  # 1/8 of the 4 clean train images, at least one
+    m = json.loads((run / 'round_0' / 'metrics.json').read_text())
+    assert 0 <= m['plain']['mIoU'] <= 100 and m['params']['background'] == 'seen'

@@ -1,0 +1,49 @@
+"""The benchmark pipeline end to end at a tiny size, and every method through the driver on shapes."""
+import json, subprocess, sys
+from pathlib import Path
+import pandas as pd
+import papermill as pm
+from zls.benchmark import ENTRIES, run_name
+from zls.pipeline import PIPELINES
+
+ZLS = str(Path(sys.executable).parent / 'zls')
+TINY = dict(n_train=48, n_val=24, iters0=20, iters=10, batch_size=8, eval_batch=24)
+
+
+def test_benchmark_template_parameters_are_documented():
+    params = pm.inspect_notebook(str(PIPELINES / 'benchmark.ipynb'))
+    assert {'name', 'seeds', 'out_root', 'n_train', 'iters0', 'iters'} <= set(params)
+    assert all(p['help'] for p in params.values()), 'every parameter needs a comment'
+
+
+def test_tiny_benchmark_through_papermill(tmp_path):
+    out = tmp_path / 'benchmark.ipynb'
+    pm.execute_notebook(str(PIPELINES / 'benchmark.ipynb'), str(out), kernel_name='python3', progress_bar=False,
+                        parameters=dict(TINY, name='bench', seeds='0', out_root=str(tmp_path)))
+    root = tmp_path / 'bench'
+    rows = pd.read_csv(root / 'benchmark.csv')
+    assert list(rows['key']) == [e.key for e in ENTRIES]  # every entry, in order
+    by = rows.set_index('key')
+    # the SPNet baseline is round 0 of the STRICT run; the branched runs share that very round 0
+    strict0 = json.loads((root / 'strict-s0' / 'round_0' / 'metrics.json').read_text())
+    assert by.loc['spnet', 'hIoU'] == strict0['plain']['hIoU'] and by.loc['spnet', 'round'] == 0
+    for k in ('self-training', 'strict-top-p'):
+        assert (root / f'{k}-s0' / 'round_0' / 'metrics.json').read_bytes() == (root / 'strict-s0' / 'round_0' / 'metrics.json').read_bytes()
+        assert by.loc[k, 'round'] == 2
+    assert json.loads((root / 'self-training-s0' / 'run.json').read_text())['params']['views'] == 'identity'
+    assert by[['seen', 'unseen', 'hIoU']].loc[['strict', 'supervised-full']].notna().all().all()
+    assert by[['mIoU']].loc[['supervised-1/8', 'pseudoseg-1/8', 'kmeans', 'fs4']].notna().all().all()
+    assert pd.isna(by.loc['fs4', 'unseen'])  # clusters have no seen/unseen split
+    for f in ('benchmark.md', 'benchmark.png'): assert (root / f).exists(), f
+    assert 'PseudoSeg' in (root / 'benchmark.md').read_text()
+
+
+def test_named_configurations_run_on_shapes(tmp_path):
+    "`zls run --config NAME` with the shipped shapes configurations: each method through the same driver."
+    for cfg, rounds in (('shapes-supervised', 0), ('shapes-pseudoseg', 0)):
+        sets = [a for k, v in dict(TINY, data_root=str(tmp_path / 'data')).items() for a in ('--set', f'{k}={v}')]
+        res = subprocess.run([ZLS, 'run', '--config', cfg, '--out', str(tmp_path), '--no-report', *sets], capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        run = json.loads((tmp_path / cfg / 'run.json').read_text())
+        assert run['rounds'] == rounds and run['params']['method'] == cfg.split('-')[1]
+        assert 'mIoU' in res.stdout
