@@ -30,6 +30,13 @@ browser:
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
+# the documentation site in _docs/: every nbs/ page executed, API docs, and the shapes run's report
+# (made first if missing); nbdev_docs where Quarto is installed, else the offline Sphinx build of zls.docs
+docs: setup
+	test -f outputs/$(RUN)/report.ipynb || $(BIN)/zls run --name $(RUN)
+	if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev_docs; \
+	else $(BIN)/python -m zls.docs --report outputs/$(RUN)/report.ipynb; fi
+
 # every method on shapes, 3 seeds: outputs/benchmark/benchmark.md, .csv, .png (resumable)
 benchmark: setup
 	mkdir -p outputs/benchmark

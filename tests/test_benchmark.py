@@ -32,6 +32,7 @@ def test_tiny_benchmark_through_papermill(tmp_path):
         assert by.loc[k, 'round'] == 2
     assert json.loads((root / 'self-training-s0' / 'run.json').read_text())['params']['views'] == 'identity'
     assert by[['seen', 'unseen', 'hIoU']].loc[['strict', 'supervised-full']].notna().all().all()
+    assert by.loc['fs4', 'round'] == 1
     assert by[['mIoU']].loc[['supervised-1/8', 'pseudoseg-1/8', 'kmeans', 'fs4']].notna().all().all()
     assert pd.isna(by.loc['fs4', 'unseen'])  # clusters have no seen/unseen split
     for f in ('benchmark.md', 'benchmark.png'): assert (root / f).exists(), f

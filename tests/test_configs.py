@@ -56,3 +56,21 @@ def test_pseudoseg_config_runs_on_miniature_voc(tmp_path):
     assert len(labeled) == 1 and set(labeled) <= set(voc_train)  # 1/8 of the 4 clean train images, at least one
     m = json.loads((run / 'round_0' / 'metrics.json').read_text())
     assert 0 <= m['plain']['mIoU'] <= 100 and m['params']['background'] == 'seen'
+
+
+def test_methods_run_on_miniature_voc(tmp_path):
+    """FS^4 (no labels) and the supervised baseline through the same driver on the miniature VOC tree."""
+    data = tmp_path / 'data'; make_mini_voc(data)
+    base = dict(TINY, dataset='voc', split='voc', data_root=str(data), eval_batch=1, output_stride=0, fs4_init_images=4, fs4_sample_pixels=500)
+    for method, extra in (('fs4', {}), ('supervised', dict(background='seen', label_fraction=0.5))):
+        sets = [a for k, v in dict(base, method=method, **extra).items() for a in ('--set', f'{k}={v}')]
+        out = subprocess.run([ZLS, 'run', '--name', method, '--out', str(tmp_path / 'out'), '--no-report', *sets], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+        run = tmp_path / 'out' / method
+        rounds = json.loads((run / 'run.json').read_text())['rounds']
+        last = json.loads((run / f'round_{rounds}' / 'metrics.json').read_text())
+        assert 0 <= last['plain']['mIoU'] <= 100
+    assert rounds == 0  # supervised trains once
+    fs4 = json.loads((tmp_path / 'out' / 'fs4' / 'round_1' / 'metrics.json').read_text())
+    assert set(fs4['matching'].values()) <= set(__import__('zls.splits', fromlist=['VOC_CLASSES']).VOC_CLASSES)
+    assert any((tmp_path / 'out' / 'fs4' / 'round_1' / 'pseudo').glob('*.png'))
