@@ -8,7 +8,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from zls.core import outputs_root
 from zls.docs import build_site, doc_pages, serve
-from zls.pipeline import run_strict
+from zls.pipeline import run_rounds
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(n_train=48, n_val=16, iters0=30, iters=10, batch_size=8, eval_batch=16, log_every=10, ckpt_every=10)
@@ -25,7 +25,7 @@ NAV_JS = """return Array.from(document.querySelectorAll('.sidebar-tree a.referen
 def site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('docs')
     t0 = time.time()
-    run_strict('docs-tiny', rounds=1, out_root=tmp, report=True, **TINY)
+    run_rounds('docs-tiny', rounds=1, out_root=tmp, report=True, **TINY)
     t1 = time.time()
     out = build_site(tmp / 'site', nbs=ROOT / 'nbs', report=tmp / 'docs-tiny' / 'report.ipynb', workers=2, verbose=True)
     print(f'tiny run {t1 - t0:.0f} s, site {time.time() - t1:.0f} s')

@@ -4,7 +4,7 @@ from pathlib import Path
 import papermill as pm
 import psutil
 import pytest
-from zls.pipeline import DEFAULTS, PIPELINES, RoundFailed, run_strict
+from zls.pipeline import DEFAULTS, PIPELINES, RoundFailed, run_rounds
 
 ROOT = Path(__file__).resolve().parent.parent
 ZLS = str(Path(sys.executable).parent / 'zls')
@@ -24,7 +24,7 @@ def test_round_template_defaults_match_library():
 
 
 def test_tiny_run_through_papermill(tmp_path):
-    table = run_strict('tiny', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), **TINY)
+    table = run_rounds('tiny', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), **TINY)
     run = tmp_path / 'tiny'
     for f in ('run.json', 'round_0.ipynb', 'round_1.ipynb', 'report.ipynb', 'results.md', 'results.csv',
               'rounds.png', 'pseudo_quality.png', 'examples.png', 'round_0/metrics.json', 'round_1/metrics.json',
@@ -39,13 +39,13 @@ def test_tiny_run_through_papermill(tmp_path):
     assert rows['red circle']['n_pseudo'] == 0, 'pseudo-labels are unseen classes only'
     assert 0 <= table.loc[1, 'unseen'] <= 100
     # a second call finds every round done and trains nothing
-    t0 = time.time(); run_strict('tiny', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **TINY)
+    t0 = time.time(); run_rounds('tiny', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **TINY)
     assert time.time() - t0 < 5
 
 
 def test_failed_round_keeps_notebook(tmp_path):
     with pytest.raises(RoundFailed, match='keeps|kept') as e:
-        run_strict('bad', rounds=0, out_root=tmp_path, data_root=str(tmp_path / 'data'), **dict(TINY, backbone='resnet9'))
+        run_rounds('bad', rounds=0, out_root=tmp_path, data_root=str(tmp_path / 'data'), **dict(TINY, backbone='resnet9'))
     assert "unknown backbone 'resnet9'" in str(e.value)
     assert (tmp_path / 'bad' / 'round_0.ipynb').exists()
 
@@ -96,7 +96,7 @@ def test_cli_help_and_bad_parameters(tmp_path):
 
 def test_driver_runs_rounds_in_two_processes(tmp_path):
     "nproc=2: each round runs under torchrun (gloo on CPU) and leaves the same files as a notebook round."
-    table = run_strict('ddp', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **dict(TINY, nproc=2))
+    table = run_rounds('ddp', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **dict(TINY, nproc=2))
     run = tmp_path / 'ddp'
     assert list(table.index) == [0, 1]
     for f in ('round_0.log', 'round_1.log', 'round_0/metrics.json', 'round_1/metrics.json', 'round_1/pseudo/quality.csv'):
@@ -106,7 +106,7 @@ def test_driver_runs_rounds_in_two_processes(tmp_path):
 
 def test_cli_eval_and_labels(tmp_path):
     "`zls eval` re-evaluates a round checkpoint; `zls labels` writes pseudo-labels and never overwrites a round's."
-    run_strict('cli', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **TINY)
+    run_rounds('cli', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **TINY)
     run = tmp_path / 'cli'
     ev = subprocess.run([ZLS, 'eval', str(run / 'round_1' / 'train.pt'), '--gamma', '0', '--gamma', '0.6'], capture_output=True, text=True)
     assert ev.returncode == 0, ev.stderr
