@@ -121,3 +121,10 @@ def test_cli_eval_and_labels(tmp_path):
         assert (out / png.name).read_bytes() == png.read_bytes()
     bad = subprocess.run([ZLS, 'eval', str(tmp_path / 'nope.pt')], capture_output=True, text=True)
     assert bad.returncode == 2 and 'does not exist' in bad.stderr
+
+
+def test_relative_outputs_root(tmp_path, monkeypatch):
+    "Rounds run inside the run folder, so a relative outputs root must still find its checkpoints."
+    monkeypatch.chdir(tmp_path)
+    table = run_rounds('rel', rounds=1, out_root='runs', data_root=str(tmp_path / 'data'), report=False, **TINY)
+    assert list(table.index) == [0, 1] and (tmp_path / 'runs' / 'rel' / 'round_1' / 'metrics.json').exists()
