@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.zls-installed
 RUN ?= shapes-default
 
-.PHONY: setup browser run benchmark lab docs test check-sync nbtest pytest clean-venv
+.PHONY: setup browser run benchmark lab docs test check-sync lint nbtest pytest clean-venv
 
 $(STAMP): constraints.txt settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,7 @@ benchmark: setup
 
 test: setup browser
 	$(MAKE) --no-print-directory check-sync
+	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory nbtest
 	$(MAKE) --no-print-directory pytest
 
@@ -57,6 +58,10 @@ check-sync: setup
 	  echo "check-sync: nbdev_export/nbdev_clean changed these files; commit the exported/cleaned versions:"; \
 	  diff <(echo "$$before") <(echo "$$after"); exit 1; \
 	else echo "check-sync: zls/ matches nbs/, notebooks are clean"; fi
+
+# style: 120 columns, no statements packed with ';', pyflakes (ruff.toml)
+lint: setup
+	$(BIN)/ruff check zls tests
 
 nbtest: setup browser
 	# one thread per notebook process: two processes on two cores, no OpenMP oversubscription

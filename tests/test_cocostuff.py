@@ -72,10 +72,12 @@ def test_root_from_zls_data(mini, monkeypatch):
 def test_loader_errors(mini, tmp_path):
     with pytest.raises(ValueError, match="image_set must be one of"):
         CocoStuff(mini, 'val')
-    with pytest.raises(FileNotFoundError, match='get train2017.zip \\(19,336,861,798 bytes, md5 cced6f7f71b7629ddf16f17bbcfab6b2\\)'):
+    with pytest.raises(FileNotFoundError,
+                       match='get train2017.zip \\(19,336,861,798 bytes, md5 cced6f7f71b7629ddf16f17bbcfab6b2\\)'):
         CocoStuff(tmp_path / 'nowhere')
     (mini / 'stuffthingmaps_trainval2017/val2017/000000000146.png').unlink()
-    with pytest.raises(FileNotFoundError, match=r"1 of 2 images .* \(ids \['000000000146'\]\): get stuffthingmaps_trainval2017.zip"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"1 of 2 images .* \(ids \['000000000146'\]\): get stuffthingmaps_trainval2017.zip"):
         CocoStuff(mini, 'val2017')
 
 
@@ -93,7 +95,8 @@ def test_check_empty(tmp_path):
     rep = check_cocostuff(tmp_path / 'none', official=False)
     r = _rows(rep)
     assert not r.loc['root folder', 'ok'] and r.loc['images/train2017/', 'found'] == 'missing'
-    assert 'get val2017.zip (815,585,330 bytes, md5 442b8da7639aecaf257c1dceb8ba8c80)' in r.loc['images/val2017/', 'fix']
+    assert 'get val2017.zip (815,585,330 bytes, md5 442b8da7639aecaf257c1dceb8ba8c80)' in \
+        r.loc['images/val2017/', 'fix']
     assert 'stuffthingmaps_trainval2017.zip (about 659 MB' in r.loc['stuffthingmaps_trainval2017/train2017/', 'fix']
     assert r.loc['train2017: one sample decodes', 'found'] == 'no image with its label map'
     (tmp_path / 'none').mkdir()
@@ -114,10 +117,12 @@ def test_check_partial(mini):
 
 
 def test_check_bad_label_values_and_sizes(mini):
-    Image.fromarray(np.full((40, 56), 190, np.uint8), mode='L').save(mini / 'stuffthingmaps_trainval2017/train2017/000000000009.png')
-    Image.fromarray(np.zeros((10, 10), np.uint8), mode='L').save(mini / 'stuffthingmaps_trainval2017/val2017/000000000139.png')
+    labels = mini / 'stuffthingmaps_trainval2017'
+    Image.fromarray(np.full((40, 56), 190, np.uint8), mode='L').save(labels / 'train2017/000000000009.png')
+    Image.fromarray(np.zeros((10, 10), np.uint8), mode='L').save(labels / 'val2017/000000000139.png')
     r = _rows(check_cocostuff(mini, official=False))
-    assert 'bad ids [190]' in r.loc['train2017: one sample decodes', 'found'] and not r.loc['train2017: one sample decodes', 'ok']
+    assert 'bad ids [190]' in r.loc['train2017: one sample decodes', 'found']
+    assert not r.loc['train2017: one sample decodes', 'ok']
     assert r.loc['val2017: one sample decodes', 'found'] == '000000000139: 56x40, label 10x10, 1 ids'
     assert not r.loc['val2017: one sample decodes', 'ok']
 
@@ -128,21 +133,25 @@ def test_id_mapping(mini):
     ev, tr = split.encode(ids, train=False), split.encode(ids, train=True)
     assert ev[list(COCOSTUFF_IDS)].tolist() == list(range(171))
     unused = sorted(set(range(182)) - set(COCOSTUFF_IDS))
-    assert len(unused) == 11 and 11 in unused and (ev[unused] == IGNORE_INDEX).all() and (tr[unused] == IGNORE_INDEX).all()
+    assert len(unused) == 11 and 11 in unused
+    assert (ev[unused] == IGNORE_INDEX).all() and (tr[unused] == IGNORE_INDEX).all()
     unseen = [COCOSTUFF_ALL.index(c) for c in COCOSTUFF_UNSEEN]
-    assert (tr[unseen] == IGNORE_INDEX).all() and ev[unseen].tolist() == [split.names.index(c) for c in COCOSTUFF_UNSEEN]
+    assert (tr[unseen] == IGNORE_INDEX).all()
+    assert ev[unseen].tolist() == [split.names.index(c) for c in COCOSTUFF_UNSEEN]
     assert ev[IGNORE_INDEX] == IGNORE_INDEX and (ev[182:] == IGNORE_INDEX).all()
     lab = CocoStuff(mini)[0]['label']
     gi = lab == COCOSTUFF_ALL.index('giraffe')
     assert gi.any() and (split.encode(lab, train=True)[gi] == IGNORE_INDEX).all()
     assert (split.encode(lab, train=False)[gi] == split.names.index('giraffe')).all()
-    present = set(torch.cat([it['label'].flatten() for s in ('train2017', 'val2017') for it in CocoStuff(mini, s)]).tolist())
+    labels = [it['label'].flatten() for s in ('train2017', 'val2017') for it in CocoStuff(mini, s)]
+    present = set(torch.cat(labels).tolist())
     assert len(present & set(unseen)) >= 5 and {11, IGNORE_INDEX} <= present
 
 
 def _zip_mini(mini, out):
     out.mkdir()
-    for name, base, members in (('train2017.zip', mini / 'images', ['train2017']), ('val2017.zip', mini / 'images', ['val2017']),
+    for name, base, members in (('train2017.zip', mini / 'images', ['train2017']),
+                                ('val2017.zip', mini / 'images', ['val2017']),
                                 (LABEL_ARCHIVE, mini / 'stuffthingmaps_trainval2017', ['train2017', 'val2017'])):
         with zipfile.ZipFile(out / name, 'w') as z:
             for m in members:
@@ -161,7 +170,8 @@ def test_prepare(mini, tmp_path):
         if f.is_file(): assert (out / f.relative_to(mini)).read_bytes() == f.read_bytes()
     assert not [p for p in out.rglob('.*')]  # no temporary unpack folders left
     (tmp_path / 'arcs' / 'val2017.zip').unlink()
-    assert prepare_cocostuff(tmp_path / 'arcs', tmp_path / 'd2', archives=own, official=False).equals(rep)  # only checks
+    # only checks
+    assert prepare_cocostuff(tmp_path / 'arcs', tmp_path / 'd2', archives=own, official=False).equals(rep)
     with pytest.raises(FileNotFoundError, match='val2017.zip not found: get val2017.zip'):
         prepare_cocostuff(tmp_path / 'arcs', tmp_path / 'd3', archives=own, official=False)
     with pytest.raises(ValueError, match='found 4'):

@@ -13,13 +13,15 @@ from zls.labeler import PseudoDataset, label_offline
 from zls.model import build_model
 from zls.shapes import make_shapes
 from zls.splits import get_split
+from zls.config import TrainConfig
 from zls.train import evaluate, load_checkpoint, train
 
 WORLD = 2
 # shard sizes (8 and 6 images per rank) divide by the batch size, so every rank meets the same batches
 N_TRAIN, N_VAL, SIZE, BATCH = 16, 12, 32, 2
-TRAIN_KW = dict(iters=4, batch_size=4, crop=32, optimizer='adamw', lr=2e-3, weight_decay=1e-4, seed=0,
-                log_every=2, ckpt_every=2, progress=False)
+OPTS = TrainConfig(batch_size=4, crop=32, optimizer='adamw', lr=2e-3, weight_decay=1e-4, log_every=2, ckpt_every=2,
+                   device='cpu')
+TRAIN_KW = dict(iters=4, seed=0, progress=False)
 
 
 def setup(root: Path):
@@ -44,10 +46,10 @@ def worker(rk: int, root: Path, port: int):
         seed_everything(0)
         student = build_model('small', class_embeddings(split.names, 'attributes'))
         ds = PseudoDataset(train_set, split)
-        first = train(student, ds, split, ckpt=root / 'ck2' / 'train.pt', stop_at=2, device='cpu', classes=split.seen_idx, **TRAIN_KW)
+        first = train(student, ds, OPTS, ckpt=root / 'ck2' / 'train.pt', stop_at=2, classes=split.seen_idx, **TRAIN_KW)
         seed_everything(0)
         student = build_model('small', class_embeddings(split.names, 'attributes'))
-        second = train(student, ds, split, ckpt=root / 'ck2' / 'train.pt', device='cpu', classes=split.seen_idx, **TRAIN_KW)
+        second = train(student, ds, OPTS, ckpt=root / 'ck2' / 'train.pt', classes=split.seen_idx, **TRAIN_KW)
         torch.save(dict(cms=cms, quality=q, first=first, second=second, weights=student.state_dict()), root / f'rank{rk}.pt')
     finally:
         zd.cleanup()
@@ -113,4 +115,5 @@ def test_train_refuses_uneven_batch(runs, monkeypatch):
     monkeypatch.setattr(zt, 'world_size', lambda: 3)
     split = get_split('shapes')
     with pytest.raises(ValueError, match='multiple of the number of processes'):
-        zt.train(build_model('small', class_embeddings(split.names, 'attributes')), PseudoDataset(train_set, split), split, iters=1, batch_size=4)
+        zt.train(build_model('small', class_embeddings(split.names, 'attributes')), PseudoDataset(train_set, split),
+                 TrainConfig(batch_size=4), iters=1, seed=0)

@@ -1,4 +1,4 @@
-"""The documentation site: built from every notebook plus a tiny run's report, served, and checked in headless Chromium."""
+"""The documentation site: built from every notebook plus a tiny run's report, served, checked in headless Chromium."""
 import tempfile, time
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlparse
@@ -12,13 +12,16 @@ from zls.pipeline import run_rounds
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(n_train=48, n_val=16, iters0=30, iters=10, batch_size=8, eval_batch=16, log_every=10, ckpt_every=10)
-CHROME_FLAGS = ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
-                '--disable-component-update', '--disable-sync', '--no-first-run', '--window-size=1280,900')
+CHROME_FLAGS = ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
+                '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
+                '--window-size=1280,900')
 # every element that loads or links to a URL: links, images, scripts, stylesheets
-URLS_JS = """return Array.from(document.querySelectorAll('[href],[src]')).map(e => [e.tagName, e.getAttribute('href') ?? e.getAttribute('src')]);"""
+URLS_JS = ("return Array.from(document.querySelectorAll('[href],[src]'))"
+           ".map(e => [e.tagName, e.getAttribute('href') ?? e.getAttribute('src')]);")
 IMGS_JS = """return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);"""
 CODE_JS = """return Array.from(document.querySelectorAll('.cell_input')).map(e => e.innerText);"""
-NAV_JS = """return Array.from(document.querySelectorAll('.sidebar-tree a.reference')).map(a => a.getAttribute('href'));"""
+NAV_JS = ("return Array.from(document.querySelectorAll('.sidebar-tree a.reference'))"
+          ".map(a => a.getAttribute('href'));")
 
 
 @pytest.fixture(scope='module')
@@ -48,7 +51,9 @@ def browser():
 def _ids(path: Path, cache={}) -> set:
     if path not in cache:
         soup = BeautifulSoup(path.read_text(encoding='utf-8'), 'html.parser')
-        cache[path] = {e['id'] for e in soup.find_all(id=True)} | {e['name'] for e in soup.find_all('a', attrs={'name': True})}
+        ids = {e['id'] for e in soup.find_all(id=True)}
+        names = {e['name'] for e in soup.find_all('a', attrs={'name': True})}
+        cache[path] = ids | names
     return cache[path]
 
 
@@ -63,7 +68,8 @@ def pages(site, browser):
             browser.execute_script('return document.readyState')  # get() waits for the load event
             imgs = browser.execute_script(IMGS_JS)
             got[rel] = dict(path=path, url=url + rel, urls=browser.execute_script(URLS_JS), imgs=imgs,
-                            nav=browser.execute_script(NAV_JS), code=browser.execute_script(CODE_JS), text=browser.execute_script('return document.body.innerText'),
+                            nav=browser.execute_script(NAV_JS), code=browser.execute_script(CODE_JS),
+                            text=browser.execute_script('return document.body.innerText'),
                             log=browser.get_log('browser'))
             if rel == 'index.html':
                 shot = outputs_root() / 'docs-home.png'
@@ -84,13 +90,17 @@ def test_every_page_has_no_broken_internal_link(site, pages):
             path = urlparse(target).path[len(urlparse(base).path):]
             f = site / path
             if f.is_dir() or path == '': f = f / 'index.html'
-            if not f.is_file(): broken.append(f'{rel}: <{tag}> {ref} -> missing {path}'); continue
-            if frag and f.suffix == '.html' and frag not in _ids(f): broken.append(f'{rel}: <{tag}> {ref} -> no id {frag!r}')
+            if not f.is_file():
+                broken.append(f'{rel}: <{tag}> {ref} -> missing {path}')
+                continue
+            if frag and f.suffix == '.html' and frag not in _ids(f):
+                broken.append(f'{rel}: <{tag}> {ref} -> no id {frag!r}')
     assert not broken, '\n'.join(broken[:50])
 
 
 def test_every_image_loads(pages):
-    bad = [f'{rel}: {src} (complete={c}, naturalWidth={w})' for rel, p in pages['pages'].items() for src, c, w in p['imgs'] if not (c and w > 0)]
+    bad = [f'{rel}: {src} (complete={c}, naturalWidth={w})'
+           for rel, p in pages['pages'].items() for src, c, w in p['imgs'] if not (c and w > 0)]
     assert not bad, '\n'.join(bad)
     errors = [f'{rel}: {e["message"]}' for rel, p in pages['pages'].items() for e in p['log']
               if e['level'] == 'SEVERE' and 'favicon.ico' not in e['message']]
@@ -116,7 +126,8 @@ def test_directives_and_exported_code_do_not_show(pages):
             assert not bad, f'{rel} shows directive lines {bad}'
     assert n_code > 100, n_code
     core = '\n'.join(pages['pages']['core.html']['code'])
-    assert 'def project_root' not in core and 'IGNORE_INDEX = 255' not in core, 'exported cells give way to their API docs'
+    assert 'def project_root' not in core and 'IGNORE_INDEX = 255' not in core, \
+        'exported cells give way to their API docs'
     assert 'seed_everything(0)' in core  # the cells that show and test stay
 
 

@@ -58,7 +58,8 @@ CASES = [  # seed, shape, n, classes in the targets, classes in the predictions
 
 @pytest.mark.parametrize('seed,shape,n,tcls,pcls', CASES)
 def test_iou_matches_torchmetrics(seed, shape, n, tcls, pcls):
-    from torchmetrics.classification import MulticlassJaccardIndex  # imported here: slow, and not needed by the rank workers
+    # imported here: slow, and not needed by the rank workers
+    from torchmetrics.classification import MulticlassJaccardIndex
     pred, target = random_maps(seed, shape, n, target_classes=list(tcls), pred_classes=list(pcls))
     ours = iou_per_class(confusion_matrix(pred, target, n))
     tm = MulticlassJaccardIndex(n, average=None, ignore_index=IGNORE_INDEX)(pred, target).double()
@@ -67,7 +68,8 @@ def test_iou_matches_torchmetrics(seed, shape, n, tcls, pcls):
     assert sorted(torch.nonzero(~defined).flatten().tolist()) == sorted(empty)  # NaN exactly where the union is empty
     torch.testing.assert_close(ours[defined], tm[defined], atol=1e-6, rtol=0)
     assert (tm[~defined] == 0).all()  # torchmetrics' default zero_division=0
-    tm_nan = MulticlassJaccardIndex(n, average=None, ignore_index=IGNORE_INDEX, zero_division=float('nan'))(pred, target)
+    tm_nan = MulticlassJaccardIndex(n, average=None, ignore_index=IGNORE_INDEX,
+                                    zero_division=float('nan'))(pred, target)
     torch.testing.assert_close(ours, tm_nan.double(), atol=1e-6, rtol=0, equal_nan=True)
     tm_macro = MulticlassJaccardIndex(n, average='macro', ignore_index=IGNORE_INDEX)(pred, target)
     assert math.isclose(float(ours.nanmean()), float(tm_macro), abs_tol=1e-6)
@@ -129,7 +131,8 @@ def test_summarize_matches_reference(background):
                     pixel_acc=100 * np.mean(pred.numpy()[valid] == target.numpy()[valid]))
     assert res.keys() == expected.keys()
     for k in expected: assert math.isclose(res[k], expected[k], rel_tol=1e-12), k
-    assert 0 < res['mIoU_unseen'] < res['mIoU_seen'] <= 100  # percent, and the never-predicted unseen class pulls U down
+    # percent, and the never-predicted unseen class pulls U down
+    assert 0 < res['mIoU_unseen'] < res['mIoU_seen'] <= 100
     tab = iou_table(mat, split)
     assert list(tab.index) == list(split.names)
     assert (tab['role'] == 'unseen').sum() == 5
@@ -180,7 +183,8 @@ def test_pseudo_quality_matches_reference(seed):
         n_covered = np.sum(c & (h == k) & (p != IGNORE_INDEX))
         row = tab.loc[str(k)]
         assert (row.n_pseudo, row.n_true, row.n_correct, row.n_covered) == (n_pseudo, n_true, n_correct, n_covered)
-        for col, num, den in (('precision', n_correct, n_pseudo), ('recall', n_correct, n_true), ('coverage', n_covered, n_true)):
+        for col, num, den in (('precision', n_correct, n_pseudo), ('recall', n_correct, n_true),
+                              ('coverage', n_covered, n_true)):
             want = 100 * num / den if den else np.nan
             np.testing.assert_allclose(row[col], want, rtol=1e-12, equal_nan=True)
     all_ = tab.loc['all']
@@ -197,7 +201,8 @@ def test_pseudo_quality_accumulates_and_rejects_bad_input():
     acc = PseudoQuality(n)
     for i in range(4): acc.update(pseudo[i], hidden[i], cand[i])
     pd.testing.assert_frame_equal(acc.table(), pseudo_label_quality(pseudo, hidden, n, candidates=cand))
-    bad = pseudo.clone(); bad[~cand] = 0
+    bad = pseudo.clone()
+    bad[~cand] = 0
     with pytest.raises(ValueError, match='outside the candidate pixels'):
         pseudo_label_quality(bad, hidden, n, candidates=cand)
     with pytest.raises(ValueError, match='bool mask'):
@@ -216,7 +221,8 @@ def test_results_stay_on_the_input_device(device):
     acc = ConfusionMatrix(4).update(pred, target)  # follows the first batch
     assert acc.mat.device.type == device
     assert ConfusionMatrix(4, device='cpu').update(pred, target).mat.device.type == 'cpu'  # an explicit device wins
-    assert summarize(m, Split('t', ('a', 'b', 'c', 'd'), ('d',)))['mIoU'] == summarize(m.cpu(), Split('t', ('a', 'b', 'c', 'd'), ('d',)))['mIoU']
+    split = Split('t', ('a', 'b', 'c', 'd'), ('d',))
+    assert summarize(m, split)['mIoU'] == summarize(m.cpu(), split)['mIoU']
     pq = PseudoQuality(4).update(torch.full_like(pred, IGNORE_INDEX), target, torch.ones_like(target, dtype=torch.bool))
     assert pq.counts.device.type == device
 
@@ -229,7 +235,8 @@ def _rank_worker(rank: int, world: int, store: str, out: str):
         for i in range(rank, 4, world): acc.update(pred[i], target[i])  # each rank its own share
         acc.reduce_()
         try:
-            acc.reduce_(); twice = 'no error'
+            acc.reduce_()
+            twice = 'no error'
         except RuntimeError as e: twice = str(e)
         pseudo, hidden, cand, n = _pseudo_case(3)
         pq = PseudoQuality(n)

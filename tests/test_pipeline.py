@@ -4,7 +4,8 @@ from pathlib import Path
 import papermill as pm
 import psutil
 import pytest
-from zls.pipeline import DEFAULTS, PIPELINES, RoundFailed, run_rounds
+from zls.methods import run_config
+from zls.pipeline import PIPELINES, RoundFailed, run_rounds
 
 ROOT = Path(__file__).resolve().parent.parent
 ZLS = str(Path(sys.executable).parent / 'zls')
@@ -12,15 +13,11 @@ ZLS = str(Path(sys.executable).parent / 'zls')
 TINY = dict(n_train=48, n_val=24, iters0=40, iters=20, batch_size=8, eval_batch=24, log_every=20, ckpt_every=20)
 
 
-def test_round_template_defaults_match_library():
-    "The literals in round.ipynb's parameters cell are zls.pipeline.DEFAULTS, plus the per-round ones."
+def test_round_template_takes_the_run_folder_only():
+    "round.ipynb's parameters name the run folder and the round; the configuration itself comes from run.json."
     params = pm.inspect_notebook(str(PIPELINES / 'round.ipynb'))
-    per_round = {'run_dir', 'round_index', 'generator_ckpt'}
-    assert set(params) == set(DEFAULTS) | per_round
-    for k, v in DEFAULTS.items():
-        got = params[k]['default']
-        assert eval(got) == v, f'round.ipynb default of {k} is {got}, zls.pipeline.DEFAULTS says {v!r}'
-        assert params[k]['help'], f'round.ipynb parameter {k} needs a comment'
+    assert set(params) == {'run_dir', 'round_index', 'generator_ckpt'}
+    for k, v in params.items(): assert v['help'], f'round.ipynb parameter {k} needs a comment'
 
 
 def test_tiny_run_through_papermill(tmp_path):
@@ -33,6 +30,9 @@ def test_tiny_run_through_papermill(tmp_path):
     assert list(table.index) == [0, 1]
     m1 = json.loads((run / 'round_1/metrics.json').read_text())
     assert m1['params']['iters'] == 20
+    shown = (run / 'round_1.ipynb').read_text()  # the executed round shows every parameter it ran with
+    for k, v in run_config(TINY).flat().items(): assert f'{k}' in shown, k
+    assert json.loads((run / 'run.json').read_text())['params'] == dict(run_config(TINY).flat(), data_root=str(tmp_path / 'data'))
     rows = {r['class']: r for r in m1['pseudo']}
     assert {'red cross', 'green triangle', 'blue square', 'yellow circle', 'all'} <= set(rows)
     assert rows['all']['n_pseudo'] > 0, 'round 1 must produce pseudo-labels'

@@ -71,31 +71,39 @@ def test_background_modes(mini, background):
 
 
 def test_archives(tmp_path):
-    (tmp_path / 'd').mkdir(); (tmp_path / 'd/a.txt').write_text('alpha')
+    (tmp_path / 'd').mkdir()
+    (tmp_path / 'd/a.txt').write_text('alpha')
     with tarfile.open(tmp_path / 'a.tgz', 'w:gz') as t: t.add(tmp_path / 'd', 'd')
     md5, size = file_md5(tmp_path / 'a.tgz'), (tmp_path / 'a.tgz').stat().st_size
     assert md5 == hashlib.md5((tmp_path / 'a.tgz').read_bytes()).hexdigest()
     check_archive(tmp_path / 'a.tgz', md5=md5, size=size)
     assert (unpack(tmp_path / 'a.tgz', tmp_path / 'out') / 'd/a.txt').read_text() == 'alpha'
     assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]
-    corrupt = bytearray((tmp_path / 'a.tgz').read_bytes()); corrupt[20] ^= 0xFF
+    corrupt = bytearray((tmp_path / 'a.tgz').read_bytes())
+    corrupt[20] ^= 0xFF
     (tmp_path / 'c.tgz').write_bytes(bytes(corrupt))
-    with pytest.raises(ValueError, match='corrupt or incomplete'): check_archive(tmp_path / 'c.tgz', md5=md5, size=size)
-    with pytest.raises(ValueError, match='corrupt or incomplete'): check_archive(tmp_path / 'c.tgz', md5=md5, size=size + 1)
+    with pytest.raises(ValueError, match='corrupt or incomplete'):
+        check_archive(tmp_path / 'c.tgz', md5=md5, size=size)
+    with pytest.raises(ValueError, match='corrupt or incomplete'):
+        check_archive(tmp_path / 'c.tgz', md5=md5, size=size + 1)
     with pytest.raises(FileNotFoundError, match='not found: download it from http://x/y.tar'):
         check_archive(tmp_path / 'y.tar', md5=md5, url='http://x/y.tar')
     with tarfile.open(tmp_path / 'evil.tar', 'w') as t:
-        info = tarfile.TarInfo('d/../../escape.txt'); info.size = 4; t.addfile(info, io.BytesIO(b'evil'))
+        info = tarfile.TarInfo('d/../../escape.txt')
+        info.size = 4
+        t.addfile(info, io.BytesIO(b'evil'))
     with pytest.raises(ValueError, match='unsafe member'): unpack(tmp_path / 'evil.tar', tmp_path / 'out2')
     assert not (tmp_path / 'escape.txt').exists() and not (tmp_path.parent / 'escape.txt').exists()
-    with pytest.raises(ConnectionError, match='by hand and put it in'): download('http://127.0.0.1:9/x.tar', tmp_path / 'dl')
+    with pytest.raises(ConnectionError, match='by hand and put it in'):
+        download('http://127.0.0.1:9/x.tar', tmp_path / 'dl')
 
 
 def test_prepare_voc(tmp_path, mini):
     vr, sr = mini
     with tarfile.open(tmp_path / VOC_ARCHIVE['name'], 'w') as t: t.add(vr.parent, 'VOCdevkit')
     with tarfile.open(tmp_path / SBD_ARCHIVE['name'], 'w:gz') as t: t.add(sr.parent, 'benchmark_RELEASE')
-    specs = tuple(dict(s, size=(tmp_path / s['name']).stat().st_size, md5=file_md5(tmp_path / s['name'])) for s in (VOC_ARCHIVE, SBD_ARCHIVE))
+    specs = tuple(dict(s, size=(tmp_path / s['name']).stat().st_size, md5=file_md5(tmp_path / s['name']))
+                  for s in (VOC_ARCHIVE, SBD_ARCHIVE))
     v2, s2 = prepare_voc(tmp_path, tmp_path / 'data', archives=specs)
     assert check_ok(check_voc(v2, s2, official=False))
     with pytest.raises(ValueError, match='corrupt or incomplete'): prepare_voc(tmp_path, tmp_path / 'data2')

@@ -43,7 +43,9 @@ def outputs_root(root: str | Path | None = None) -> Path:
 # %% ../nbs/00_core.ipynb #510bbb14
 def seed_everything(seed: int) -> torch.Generator:
     "Seed Python, NumPy and torch; return a torch generator seeded the same way."
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -53,11 +55,14 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 
 # %% ../nbs/00_core.ipynb #ab411f8b
 def _umask() -> int:
-    m = os.umask(0); os.umask(m); return m
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 def atomic_write(path: str | Path, write, suffix: str = '') -> Path:
     "Call `write(tmp_path)`, then rename the temporary file to `path` in one step."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=suffix or path.suffix)
     os.close(fd)
     try:
@@ -65,7 +70,8 @@ def atomic_write(path: str | Path, write, suffix: str = '') -> Path:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual permissions
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 # %% ../nbs/00_core.ipynb #9dff49af
@@ -75,7 +81,9 @@ def voc_palette(n: int = 256) -> np.ndarray:
     for i in range(n):
         c, r, g, b = i, 0, 0, 0
         for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j); g |= ((c >> 1) & 1) << (7 - j); b |= ((c >> 2) & 1) << (7 - j)
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
             c >>= 3
         pal[i] = (r, g, b)
     return pal
@@ -88,12 +96,15 @@ def save_mask(path: str | Path, mask) -> Path:
     "Write a `(H, W)` label map with values in 0..255 as a VOC palette PNG, atomically."
     m = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
     if m.ndim != 2: raise ValueError(f'save_mask expects a (H, W) label map, got shape {m.shape} for {path}')
-    if m.size and (m.min() < 0 or m.max() > 255): raise ValueError(f'label values must lie in 0..255 to save {path}, got {m.min()}..{m.max()}')
-    im = Image.fromarray(m.astype(np.uint8), mode='P'); im.putpalette(_PALETTE)
+    if m.size and (m.min() < 0 or m.max() > 255):
+        raise ValueError(f'label values must lie in 0..255 to save {path}, got {m.min()}..{m.max()}')
+    im = Image.fromarray(m.astype(np.uint8), mode='P')
+    im.putpalette(_PALETTE)
     return atomic_write(path, lambda p: im.save(p, format='PNG'))
 
 def load_mask(path: str | Path) -> np.ndarray:
     "Read a label map saved as a palette (or grey) PNG into a `(H, W)` uint8 array of class ids."
     with Image.open(path) as im:
-        if im.mode not in ('P', 'L'): raise ValueError(f'{path}: a label map must be a palette or greyscale PNG, got mode {im.mode}')
+        if im.mode not in ('P', 'L'):
+            raise ValueError(f'{path}: a label map must be a palette or greyscale PNG, got mode {im.mode}')
         return np.array(im, dtype=np.uint8)

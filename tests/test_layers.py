@@ -1,0 +1,95 @@
+"""The package's structure: no import cycle (imports inside functions count), and a driver that names no method."""
+import ast, re
+from pathlib import Path
+import pytest
+from zls.methods import METHODS
+
+ZLS = Path(__file__).resolve().parent.parent / 'zls'
+MODULES = {p.stem: p for p in ZLS.glob('*.py') if p.stem not in ('__init__', '_modidx')}
+
+
+def imports_of(path: Path) -> set[str]:
+    "The zls modules a file imports anywhere, at the top or inside a function, absolutely or relatively."
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split('.')[1] for a in node.names if a.name.startswith('zls.')}
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ''
+            if node.level == 1: names = [mod] if mod else [a.name for a in node.names]  # from . import x
+            elif mod.startswith('zls.'): names = [mod.split('.')[1]]
+            elif mod == 'zls': names = [a.name for a in node.names]
+            else: names = []
+            out |= {n for n in names if n in MODULES}
+    return out
+
+
+def find_cycle(graph: dict) -> list[str] | None:
+    "One import cycle of `graph` (module -> imported modules), or None."
+    state = {}
+    def visit(m, path):
+        state[m] = 'open'
+        for n in sorted(graph[m]):
+            if state.get(n) == 'open': return path[path.index(n):] + [n]
+            if n not in state and (c := visit(n, path + [n])): return c
+        state[m] = 'done'
+        return None
+    for m in sorted(graph):
+        if m not in state and (c := visit(m, [m])): return c
+    return None
+
+
+def test_cycle_finder_finds_a_cycle_inside_a_function(tmp_path):
+    (tmp_path / 'a.py').write_text('from .b import x\n')
+    (tmp_path / 'b.py').write_text('def f():\n    from zls.a import y\n')
+    global MODULES
+    saved, MODULES = MODULES, {'a': tmp_path / 'a.py', 'b': tmp_path / 'b.py'}
+    try: assert find_cycle({m: imports_of(p) for m, p in MODULES.items()}) == ['a', 'b', 'a']
+    finally: MODULES = saved
+
+
+def test_no_import_cycle():
+    graph = {m: imports_of(p) - {m} for m, p in MODULES.items()}
+    assert graph['pipeline'] >= {'methods', 'train'}, 'the parser must see the driver importing its layers'
+    assert find_cycle(graph) is None, f'import cycle: {" -> ".join(find_cycle(graph))}'
+
+
+@pytest.mark.parametrize('module', ['pipeline', 'train'])
+def test_round_and_driver_modules_name_no_method(module):
+    "Adding a method is one module and one line in zls.methods: the round and driver code stay as they are."
+    text = MODULES[module].read_text()
+    names = list(METHODS) + ['STRICT', 'PseudoSeg', 'FS^4', 'SPNet']
+    found = [n for n in names if re.search(rf'(?<![\w^]){re.escape(n)}(?![\w^])', text, flags=re.IGNORECASE)]
+    assert not found, f'zls/{module}.py names method(s) {found}'
+
+
+def test_no_private_names_across_modules():
+    "Modules import only public names from each other."
+    bad = [(m, a.name) for m, p in MODULES.items() for node in ast.walk(ast.parse(p.read_text()))
+           if isinstance(node, ast.ImportFrom) and (node.level or (node.module or '').startswith('zls'))
+           for a in node.names if a.name.startswith('_')]
+    assert not bad, bad
+
+
+def test_notebooks_follow_the_dependency_order():
+    "No notebook imports a module that a later notebook defines: the lessons read top to bottom."
+    import json
+    nbs = sorted((ZLS.parent / 'nbs').glob('[0-9][0-9]_*.ipynb'))
+    order = {}
+    for nb in nbs:
+        src = '\n'.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'])
+        if m := re.search(r'^#\| default_exp (\w+)', src, flags=re.M): order[m.group(1)] = nb.name
+    late = []
+    for nb in nbs:
+        src = '\n'.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'])
+        for mod in set(re.findall(r'(?:from|import) zls\.(\w+)', src)) | set(re.findall(r'from zls import ([\w, ]+)', src)):
+            for name in (n.strip() for n in mod.split(',')):
+                if name in order and order[name] > nb.name: late.append((nb.name, name, order[name]))
+    assert not late, f'notebooks importing from later ones: {late}'
+
+
+def test_package_lines_fit_120_columns():
+    "Every line of zls/ reads at 120 columns, except the first line of the `__all__` that nbdev generates."
+    long = [f'{m}.py:{i}' for m, p in MODULES.items() for i, line in enumerate(p.read_text().splitlines(), 1)
+            if len(line) > 120 and not line.startswith('__all__ = [')]
+    assert not long, f'lines over 120 columns (edit the notebook, then nbdev_export): {long}'
