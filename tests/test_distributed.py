@@ -35,7 +35,8 @@ def setup(root: Path):
 
 def worker(rk: int, root: Path, port: int):
     "One of the 2 ranks: joins the group from torchrun-style variables, then evaluates, labels and trains."
-    os.environ.update(RANK=str(rk), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rk), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    os.environ.update(RANK=str(rk), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rk), MASTER_ADDR='127.0.0.1',
+                      MASTER_PORT=str(port))
     torch.set_num_threads(1)
     from zls import distributed as zd
     assert zd.init_distributed(backend='gloo') == (rk, WORLD)
@@ -50,25 +51,29 @@ def worker(rk: int, root: Path, port: int):
         seed_everything(0)
         student = build_model('small', class_embeddings(split.names, 'attributes'))
         second = train(student, ds, OPTS, ckpt=root / 'ck2' / 'train.pt', classes=split.seen_idx, **TRAIN_KW)
-        torch.save(dict(cms=cms, quality=q, first=first, second=second, weights=student.state_dict()), root / f'rank{rk}.pt')
+        results = dict(cms=cms, quality=q, first=first, second=second, weights=student.state_dict())
+        torch.save(results, root / f'rank{rk}.pt')
     finally:
         zd.cleanup()
 
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     "1-process references, then the same calls in 2 spawned gloo processes."
     root = tmp_path_factory.mktemp('dist')
-    old = torch.get_num_threads(); torch.set_num_threads(1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         train_set, val_set, split, model = setup(root)
         ref = dict(cms=evaluate(model, val_set, split, gammas=(0.0, 0.5), batch_size=BATCH, device='cpu'),
-                   quality=label_offline(model, train_set, split, root / 'pseudo1', batch_size=BATCH, device='cpu', progress=False))
+                   quality=label_offline(model, train_set, split, root / 'pseudo1', batch_size=BATCH, device='cpu',
+                                         progress=False))
     finally: torch.set_num_threads(old)
     mp.spawn(worker, args=(root, free_port()), nprocs=WORLD, join=True)
     out = [torch.load(root / f'rank{r}.pt', weights_only=False) for r in range(WORLD)]

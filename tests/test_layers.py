@@ -82,14 +82,22 @@ def test_notebooks_follow_the_dependency_order():
     late = []
     for nb in nbs:
         src = '\n'.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'])
-        for mod in set(re.findall(r'(?:from|import) zls\.(\w+)', src)) | set(re.findall(r'from zls import ([\w, ]+)', src)):
+        dotted = set(re.findall(r'(?:from|import) zls\.(\w+)', src))  # import zls.x, from zls.x import ...
+        listed = set(re.findall(r'from zls import ([\w, ]+)', src))  # from zls import x, y
+        for mod in dotted | listed:
             for name in (n.strip() for n in mod.split(',')):
                 if name in order and order[name] > nb.name: late.append((nb.name, name, order[name]))
     assert not late, f'notebooks importing from later ones: {late}'
 
 
+def long_url(line: str) -> bool:
+    "A line made long by a URL that starts within 120 columns (ruff's E501 exempts these too)."
+    i = line.find('http')
+    return 0 <= i < 120 and ' ' not in line[i:].rstrip()
+
+
 def test_package_lines_fit_120_columns():
-    "Every line of zls/ reads at 120 columns, except the first line of the `__all__` that nbdev generates."
+    "Every line of zls/ reads at 120 columns, except the first line of the `__all__` that nbdev generates, and URLs."
     long = [f'{m}.py:{i}' for m, p in MODULES.items() for i, line in enumerate(p.read_text().splitlines(), 1)
-            if len(line) > 120 and not line.startswith('__all__ = [')]
+            if len(line) > 120 and not line.startswith('__all__ = [') and not long_url(line)]
     assert not long, f'lines over 120 columns (edit the notebook, then nbdev_export): {long}'

@@ -32,26 +32,30 @@ def test_tiny_run_through_papermill(tmp_path):
     assert m1['params']['iters'] == 20
     shown = (run / 'round_1.ipynb').read_text()  # the executed round shows every parameter it ran with
     for k, v in run_config(TINY).flat().items(): assert f'{k}' in shown, k
-    assert json.loads((run / 'run.json').read_text())['params'] == dict(run_config(TINY).flat(), data_root=str(tmp_path / 'data'))
+    expected = dict(run_config(TINY).flat(), data_root=str(tmp_path / 'data'))
+    assert json.loads((run / 'run.json').read_text())['params'] == expected
     rows = {r['class']: r for r in m1['pseudo']}
     assert {'red cross', 'green triangle', 'blue square', 'yellow circle', 'all'} <= set(rows)
     assert rows['all']['n_pseudo'] > 0, 'round 1 must produce pseudo-labels'
     assert rows['red circle']['n_pseudo'] == 0, 'pseudo-labels are unseen classes only'
     assert 0 <= table.loc[1, 'unseen'] <= 100
     # a second call finds every round done and trains nothing
-    t0 = time.time(); run_rounds('tiny', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **TINY)
+    t0 = time.time()
+    run_rounds('tiny', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **TINY)
     assert time.time() - t0 < 5
 
 
 def test_failed_round_keeps_notebook(tmp_path):
     with pytest.raises(RoundFailed, match='keeps|kept') as e:
-        run_rounds('bad', rounds=0, out_root=tmp_path, data_root=str(tmp_path / 'data'), **dict(TINY, backbone='resnet9'))
+        run_rounds('bad', rounds=0, out_root=tmp_path, data_root=str(tmp_path / 'data'),
+                   **dict(TINY, backbone='resnet9'))
     assert "unknown backbone 'resnet9'" in str(e.value)
     assert (tmp_path / 'bad' / 'round_0.ipynb').exists()
 
 
 def _zls_run(out, name, extra=()):
-    sets = [a for k, v in dict(TINY, iters0=200, ckpt_every=25, data_root=str(out / 'data')).items() for a in ('--set', f'{k}={v}')]
+    params = dict(TINY, iters0=200, ckpt_every=25, data_root=str(out / 'data'))
+    sets = [a for k, v in params.items() for a in ('--set', f'{k}={v}')]
     return [ZLS, 'run', '--name', name, '--out', str(out), '--rounds', '1', '--no-report', *sets, *extra]
 
 
@@ -89,17 +93,20 @@ def test_cli_help_and_bad_parameters(tmp_path):
     assert out.returncode == 0 and '--set KEY=VALUE' in out.stdout
     bad = subprocess.run([ZLS, 'run', '--out', str(tmp_path), '--set', 'iters=lots'], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == "zls: error: parameter iters expects a int, got 'lots'"
-    bad = subprocess.run([ZLS, 'run', '--out', str(tmp_path), '--set', 'lerning_rate=1'], capture_output=True, text=True)
+    bad = subprocess.run([ZLS, 'run', '--out', str(tmp_path), '--set', 'lerning_rate=1'],
+                         capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown parameter 'lerning_rate'" in bad.stderr
     assert not any(tmp_path.iterdir()), 'a rejected command must not create anything'
 
 
 def test_driver_runs_rounds_in_two_processes(tmp_path):
     "nproc=2: each round runs under torchrun (gloo on CPU) and leaves the same files as a notebook round."
-    table = run_rounds('ddp', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **dict(TINY, nproc=2))
+    table = run_rounds('ddp', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False,
+                       **dict(TINY, nproc=2))
     run = tmp_path / 'ddp'
     assert list(table.index) == [0, 1]
-    for f in ('round_0.log', 'round_1.log', 'round_0/metrics.json', 'round_1/metrics.json', 'round_1/pseudo/quality.csv'):
+    for f in ('round_0.log', 'round_1.log', 'round_0/metrics.json', 'round_1/metrics.json',
+              'round_1/pseudo/quality.csv'):
         assert (run / f).exists(), f
     assert len(list((run / 'round_1' / 'pseudo').glob('*.png'))) == TINY['n_train']
 
@@ -108,7 +115,8 @@ def test_cli_eval_and_labels(tmp_path):
     "`zls eval` re-evaluates a round checkpoint; `zls labels` writes pseudo-labels and never overwrites a round's."
     run_rounds('cli', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **TINY)
     run = tmp_path / 'cli'
-    ev = subprocess.run([ZLS, 'eval', str(run / 'round_1' / 'train.pt'), '--gamma', '0', '--gamma', '0.6'], capture_output=True, text=True)
+    ev = subprocess.run([ZLS, 'eval', str(run / 'round_1' / 'train.pt'), '--gamma', '0', '--gamma', '0.6'],
+                        capture_output=True, text=True)
     assert ev.returncode == 0, ev.stderr
     m = json.loads((run / 'round_1' / 'metrics.json').read_text())
     assert f"{m['plain']['hIoU']:.1f}" in ev.stdout and f"{m['calibrated']['hIoU']:.1f}" in ev.stdout

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from .core import outputs_root
-from .config import VOLATILE, RunConfig
+from .config import RunConfig
 from .methods import METHODS, run_config
 from .pipeline import load_config, run_rounds
 from .train import round_dir
@@ -38,12 +38,14 @@ ZERO, SEMI, UNSUP = 'zero-label (12 seen / 4 unseen)', 'semi-supervised (1/8 lab
 SEMI_P = dict(background='seen', label_fraction=0.125)
 ENTRIES = (
     Entry('spnet', 'SPNet baseline (round 0)', ZERO, reads='strict', report_round=0),
-    Entry('self-training', 'self-training, no consistency (identity view)', ZERO, dict(views='identity'), 2, branch='strict'),
+    Entry('self-training', 'self-training, no consistency (identity view)', ZERO, dict(views='identity'), 2,
+          branch='strict'),
     Entry('strict', 'STRICT (intersection of views)', ZERO, dict(), 2),
     Entry('strict-top-p', 'STRICT + top-p 25%', ZERO, dict(top_p=25.0), 2, branch='strict'),
     Entry('supervised-full', 'fully supervised (upper bound)', ZERO, dict(method='supervised', label_fraction=1.0), 0),
     Entry('supervised-1/8', 'supervised on 1/8 only (PseudoSeg round 0)', SEMI, reads='pseudoseg-1/8', report_round=0),
-    Entry('pseudoseg-1/8', 'PseudoSeg, 1/8 labelled (round 1)', SEMI, dict(method='pseudoseg', ps_jitter=0.0, **SEMI_P), 1),
+    Entry('pseudoseg-1/8', 'PseudoSeg, 1/8 labelled (round 1)', SEMI,
+          dict(method='pseudoseg', ps_jitter=0.0, **SEMI_P), 1),
     Entry('kmeans', 'k-means on random-init features', UNSUP, reads='fs4', report_round=0),
     Entry('fs4', 'FS^4 (round 1)', UNSUP, dict(method='fs4'), 1),
 )
@@ -87,8 +89,9 @@ def branch_round0(src: Path, dst: Path, params: dict) -> bool:
 # %% ../nbs/22_benchmark.ipynb #93d3d38f
 def run_name(entry: Entry, seed: int) -> str: return f"{entry.key.replace('/', '-')}-s{seed}"
 
-def run_benchmark(seeds=(0, 1, 2), *, name: str = 'benchmark', out_root=None, entries=ENTRIES, reuse=(), **overrides) -> pd.DataFrame:
-    "Run every entry for every seed (branching round 0 where an entry says so, reusing identical runs); returns `benchmark_rows`."
+def run_benchmark(seeds=(0, 1, 2), *, name: str = 'benchmark', out_root=None, entries=ENTRIES, reuse=(),
+                  **overrides) -> pd.DataFrame:
+    "Run each entry for each seed (branching round 0 as entries say, reusing identical runs); returns `benchmark_rows`."
     root = outputs_root(out_root) / name
     by_key = {e.key: e for e in entries}
     reuse = [Path(r) for r in reuse if (Path(r) / 'run.json').is_file()]
@@ -118,7 +121,8 @@ def benchmark_rows(root, seeds, *, entries=ENTRIES) -> pd.DataFrame:
             r = t.loc[k]
             minutes = t.loc[:k, 'minutes'].sum()
             rows.append(dict(setting=e.setting, method=e.label, key=e.key, seed=seed, round=int(k), seen=r['seen'],
-                             unseen=r['unseen'], hIoU=r['hIoU'], mIoU=r['mIoU'], pixel_acc=r['pixel_acc'], minutes=minutes))
+                             unseen=r['unseen'], hIoU=r['hIoU'], mIoU=r['mIoU'], pixel_acc=r['pixel_acc'],
+                             minutes=minutes))
     return pd.DataFrame(rows)
 
 # %% ../nbs/22_benchmark.ipynb #452f7fb8
@@ -130,8 +134,11 @@ def benchmark_table(rows: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
     g = rows.groupby('key', sort=False)
     fmt = lambda s: '–' if s.isna().all() else f'{s.mean():.{digits}f} ± {s.std(ddof=0):.{digits}f}'
     out = pd.DataFrame({m: g[m].agg(fmt) for m in METRICS})
-    out.insert(0, 'method', g['method'].first()); out.insert(0, 'setting', g['setting'].first())
-    out['round'] = g['round'].first(); out['minutes'] = g['minutes'].mean().round(1); out['seeds'] = g.size()
+    out.insert(0, 'method', g['method'].first())
+    out.insert(0, 'setting', g['setting'].first())
+    out['round'] = g['round'].first()
+    out['minutes'] = g['minutes'].mean().round(1)
+    out['seeds'] = g.size()
     return out.loc[order].reset_index(drop=True)
 
 def plot_benchmark(rows: pd.DataFrame):
@@ -142,9 +149,13 @@ def plot_benchmark(rows: pd.DataFrame):
     for ax, s in zip(axs[0], settings):
         d = rows[rows.setting == s]
         m = d.groupby('method', sort=False)[head[s]].agg(['mean', 'std'])
-        x = np.arange(len(m)); w = 0.8 / len(head[s])
+        x = np.arange(len(m))
+        w = 0.8 / len(head[s])
         for i, col in enumerate(head[s]):
             ax.bar(x + i * w, m[(col, 'mean')], w, yerr=m[(col, 'std')].fillna(0), label=col, capsize=2)
         ax.set_xticks(x + w * (len(head[s]) - 1) / 2, m.index, rotation=25, ha='right', fontsize=8)
-        ax.set_title(s, fontsize=9); ax.set_ylim(0, 100); ax.legend(fontsize=7)
-    fig.tight_layout(); return fig
+        ax.set_title(s, fontsize=9)
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -79,7 +79,8 @@ def _cmd_run(args):
     p, name, rounds = run_params(args)
     from zls.report import markdown_table
     table = run_rounds(name, rounds=rounds, out_root=args.out, report=not args.no_report, **p)
-    cols = ['seen', 'unseen', 'hIoU', 'mIoU', 'cal_hIoU', 'pseudo_precision', 'single_view_precision', 'pixel_acc', 'minutes']
+    cols = ['seen', 'unseen', 'hIoU', 'mIoU', 'cal_hIoU', 'pseudo_precision', 'single_view_precision', 'pixel_acc',
+            'minutes']
     print(markdown_table(table[[c for c in cols if c in table and table[c].notna().any()]]))
     print(f'run folder: {outputs_root(args.out) / name}')
 
@@ -88,7 +89,8 @@ def _cmd_report(args):
     from zls.report import markdown_table, rounds_table
     run = Path(args.run)
     if not run.is_dir(): raise ValueError(f'run folder {run} does not exist')
-    execute(PIPELINES / 'report.ipynb', run / 'report.ipynb', dict(run_dir=str(run.resolve()), n_examples=args.examples), cwd=run)
+    params = dict(run_dir=str(run.resolve()), n_examples=args.examples)
+    execute(PIPELINES / 'report.ipynb', run / 'report.ipynb', params, cwd=run)
     print(markdown_table(rounds_table(run)))
     print(f'figures and results.md written to {run}')
 
@@ -135,7 +137,8 @@ def _cmd_labels(args):
     if not gen_ckpt.is_file(): raise ValueError(f'{gen_ckpt} does not exist: train round {args.round - 1} first')
     out = Path(args.out) if args.out else round_dir(run, args.round) / 'pseudo'
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f'{out} already holds pseudo-labels; pass --out to write somewhere else (nothing was overwritten)')
+        raise ValueError(f'{out} already holds pseudo-labels; pass --out to write somewhere else '
+                         '(nothing was overwritten)')
     top_p = args.top_p if args.top_p is not None else cfg.method_cfg.top_p
     q = label_offline(model_from_checkpoint(gen_ckpt), build_datasets(cfg.data)[0], split_of(cfg.data), out,
                       views=parse_views(args.views or cfg.method_cfg.views), top_p=top_p,
@@ -149,7 +152,8 @@ def _cmd_data_check(args):
     df = check(**dataset_roots(args.dataset, args.root), official=not args.miniature)
     with pd.option_context('display.max_colwidth', 200, 'display.width', 250): print(df.to_string(index=False))
     bad = int((~df['ok']).sum())
-    print(f'{args.dataset}: ' + ('complete' if not bad else f'{bad} problem(s); the fix column says what to get and where to put it'))
+    verdict = 'complete' if not bad else f'{bad} problem(s); the fix column says what to get and where to put it'
+    print(f'{args.dataset}: ' + verdict)
     if bad: raise SystemExit(1)
 
 def _cmd_data_prepare(args):
@@ -169,49 +173,62 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='zls', description='Zero-label semantic segmentation by self-training.')
     sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
     r = sub.add_parser('run', help='run STRICT rounds 0..N through papermill, then the report (resumable)',
-                       description='Run STRICT rounds 0..N into outputs/<name>/ and report. Re-running the same command resumes.')
+                       description='Run STRICT rounds 0..N into outputs/<name>/ and report. '
+                                   'Re-running the same command resumes.')
     r.add_argument('--name', help='run folder name under the outputs root (default: shapes-default)')
-    r.add_argument('--rounds', type=int, help='rounds after round 0 (default: by method; ' + ', '.join(f'{n} {m.ROUNDS}' for n, m in METHODS.items()) + ')')
-    r.add_argument('--config', help='JSON or YAML file of parameters (see zls.methods.parameters(), plus name and rounds), or a shipped configuration\'s name')
+    rounds_by_method = ', '.join(f'{n} {m.ROUNDS}' for n, m in METHODS.items())
+    r.add_argument('--rounds', type=int, help=f'rounds after round 0 (default: by method; {rounds_by_method})')
+    r.add_argument('--config', help='JSON or YAML file of parameters (see zls.methods.parameters(), plus name and '
+                                    "rounds), or a shipped configuration's name")
     r.add_argument('--set', action='append', metavar='KEY=VALUE', help='override one parameter; repeatable')
     r.add_argument('--seed', type=int, help='training seed (same as --set seed=N)')
     r.add_argument('--out', help='outputs root (default: $ZLS_OUTPUTS or <project>/outputs)')
     r.add_argument('--no-report', action='store_true', help='skip the report notebook')
     r.set_defaults(fn=_cmd_run)
-    rep = sub.add_parser('report', help="(re)draw a run's table and figures", description="Execute the report notebook on a run folder.")
+    rep = sub.add_parser('report', help="(re)draw a run's table and figures",
+                         description="Execute the report notebook on a run folder.")
     rep.add_argument('run', help='the run folder, e.g. outputs/shapes-default')
     rep.add_argument('--examples', type=int, default=6, help='images in the example grids')
     rep.set_defaults(fn=_cmd_report)
     ev = sub.add_parser('eval', help='evaluate a round checkpoint on its validation set', description=
-                        'Evaluate a round checkpoint (outputs/<run>/round_<k>/train.pt) on the validation set of its run.')
+                        'Evaluate a round checkpoint (outputs/<run>/round_<k>/train.pt) on the validation set of its '
+                        'run.')
     ev.add_argument('checkpoint', help='a round checkpoint inside a run folder')
-    ev.add_argument('--gamma', type=float, action='append', help='calibration γ; repeatable (default: 0, no calibration)')
-    ev.add_argument('--set', action='append', metavar='KEY=VALUE', help="override one of the run's parameters (e.g. data_root, device)")
+    ev.add_argument('--gamma', type=float, action='append',
+                    help='calibration γ; repeatable (default: 0, no calibration)')
+    ev.add_argument('--set', action='append', metavar='KEY=VALUE',
+                    help="override one of the run's parameters (e.g. data_root, device)")
     ev.add_argument('--per-class', action='store_true', help='also print the per-class IoU')
     ev.set_defaults(fn=_cmd_eval)
     lb = sub.add_parser('labels', help="write a round's pseudo-labels", description=
-                        'Label the training images with the model of round k-1 of a run and write the pseudo-label PNGs and quality.csv.')
+                        'Label the training images with the model of round k-1 of a run and write the pseudo-label '
+                        'PNGs and quality.csv.')
     lb.add_argument('run', help='the run folder')
     lb.add_argument('--round', type=int, required=True, help='the round k whose pseudo-labels to write (k >= 1)')
     lb.add_argument('--views', help="labeler views (default: the run's), e.g. identity or 1,1f,1.5,1.5f")
     lb.add_argument('--top-p', type=float, help="keep the top p percent per class and image (default: the run's)")
     lb.add_argument('--out', help='output folder (default: <run>/round_<k>/pseudo, only if empty)')
     lb.set_defaults(fn=_cmd_labels)
-    sm = sub.add_parser('summary', help='mean ± std over runs (e.g. seeds)', description='Mean ± std per round over several run folders.')
+    sm = sub.add_parser('summary', help='mean ± std over runs (e.g. seeds)',
+                        description='Mean ± std per round over several run folders.')
     sm.add_argument('runs', nargs='+', help='run folders')
     sm.add_argument('--out', help='also write the Markdown table to this file')
     sm.set_defaults(fn=_cmd_summary)
     d = sub.add_parser('data', help='datasets').add_subparsers(dest='data_cmd', required=True, metavar='DATASET')
     s = d.add_parser('shapes', help='generate the built-in shapes benchmark (once; deterministic)')
     s.add_argument('--root', help='datasets folder (default: $ZLS_DATA or <project>/data)')
-    s.add_argument('--n-train', type=int, default=2000); s.add_argument('--n-val', type=int, default=500)
-    s.add_argument('--size', type=int, default=64); s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--n-train', type=int, default=2000)
+    s.add_argument('--n-val', type=int, default=500)
+    s.add_argument('--size', type=int, default=64)
+    s.add_argument('--seed', type=int, default=0)
     s.set_defaults(fn=_cmd_data_shapes)
     c = d.add_parser('check', help='verify a real dataset tree and say exactly what is missing',
-                     description='Check the folders, file counts and a decoded sample of a dataset tree; exit 1 if anything is missing.')
+                     description='Check the folders, file counts and a decoded sample of a dataset tree; '
+                                 'exit 1 if anything is missing.')
     c.add_argument('dataset', choices=('voc', 'cocostuff'))
     c.add_argument('--root', help='datasets folder (default: $ZLS_DATA or <project>/data)')
-    c.add_argument('--miniature', action='store_true', help='accept file counts other than the official ones (test trees)')
+    c.add_argument('--miniature', action='store_true',
+                   help='accept file counts other than the official ones (test trees)')
     c.set_defaults(fn=_cmd_data_check)
     pr = d.add_parser('prepare', help='verify the official archives against their checksums and unpack them',
                       description='Verify downloaded archives (md5) and unpack them into the layout zls reads.')
@@ -224,7 +241,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     "Entry point of the `zls` console command."
-    ap = parser(); args = ap.parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
     try: args.fn(args)
     except (ValueError, FileNotFoundError, RoundFailed) as e: ap.exit(2, f'zls: error: {e}\n')
     return 0

@@ -140,7 +140,8 @@ class TrainConfig(Section):
     def check(self):
         for n in ('iters0', 'iters', 'batch_size', 'crop', 'ckpt_every', 'log_every', 'nproc'):
             need(n, getattr(self, n), getattr(self, n) >= 1, 'an int >= 1')
-        need('scale_min', self.scale_min, 0 < self.scale_min <= self.scale_max, f'0 < scale_min <= scale_max={self.scale_max}')
+        need('scale_min', self.scale_min, 0 < self.scale_min <= self.scale_max,
+             f'0 < scale_min <= scale_max={self.scale_max}')
         need('optimizer', self.optimizer, self.optimizer in ('sgd', 'adamw'), "'sgd' or 'adamw'")
         need('lr', self.lr, math.isfinite(self.lr) and self.lr > 0, 'a learning rate > 0')
         need('weight_decay', self.weight_decay, self.weight_decay >= 0, 'a float >= 0')
@@ -176,7 +177,8 @@ class RunConfig:
 
     def sections(self) -> dict[str, Section]:
         "The sections by name, the method's last (named after the method)."
-        return dict(data=self.data, model=self.model, train=self.train, eval=self.eval, **{self.method: self.method_cfg})
+        return dict(data=self.data, model=self.model, train=self.train, eval=self.eval,
+                    **{self.method: self.method_cfg})
 
     def flat(self) -> dict:
         "The flat `name=value` form: `method` and every parameter of every section."

@@ -74,8 +74,10 @@ class LabeledSet(Dataset):
 
 def split_indices(names: list[str], labeled: list[str]) -> tuple[list[int], list[int]]:
     "Positions of the labelled names in `names`, and of all the others."
-    want = set(labeled); missing = want - set(names)
-    if missing: raise ValueError(f'{len(missing)} labelled image(s) are not in the training set, e.g. {sorted(missing)[:3]}')
+    want = set(labeled)
+    missing = want - set(names)
+    if missing:
+        raise ValueError(f'{len(missing)} labelled image(s) are not in the training set, e.g. {sorted(missing)[:3]}')
     return [i for i, n in enumerate(names) if n in want], [i for i, n in enumerate(names) if n not in want]
 
 # %% ../nbs/11_data.ipynb #4ac8ed92

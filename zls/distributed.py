@@ -59,14 +59,16 @@ def init_distributed(*, backend: str | None = None, timeout_s: int = 1800) -> tu
     if 'RANK' not in env or 'WORLD_SIZE' not in env: return 0, 1
     if _on(): return rank(), world_size()
     missing = [k for k in ('MASTER_ADDR', 'MASTER_PORT') if k not in env]
-    if missing: raise ValueError(f'RANK and WORLD_SIZE are set but {missing} are not; start the processes with torchrun '
-                                 '(it sets all of them) or set them yourself')
+    if missing:
+        raise ValueError(f'RANK and WORLD_SIZE are set but {missing} are not; start the processes with torchrun '
+                         '(it sets all of them) or set them yourself')
     backend = backend or ('nccl' if torch.cuda.is_available() else 'gloo')
     if backend not in ('nccl', 'gloo'): raise ValueError(f"backend must be 'nccl' or 'gloo', got {backend!r}")
     kw = {}
     if backend == 'nccl':
         local = int(env.get('LOCAL_RANK', 0))
-        torch.cuda.set_device(local); kw['device_id'] = torch.device('cuda', local)
+        torch.cuda.set_device(local)
+        kw['device_id'] = torch.device('cuda', local)
     dist.init_process_group(backend, rank=int(env['RANK']), world_size=int(env['WORLD_SIZE']),
                             timeout=timedelta(seconds=timeout_s), **kw)
     return rank(), world_size()

@@ -49,7 +49,8 @@ def run_params(run_dir) -> dict:
         if src.is_file():
             p = json.loads(src.read_text()).get('params') or {}
             return run_config(p, legacy=True).flat()  # checked, defaults filled in
-    raise FileNotFoundError(f'{run_dir} has neither run.json nor a round_<k>/metrics.json to read its parameters from; {RUN_FOLDER}')
+    raise FileNotFoundError(f'{run_dir} has neither run.json nor a round_<k>/metrics.json to read its parameters from; '
+                            f'{RUN_FOLDER}')
 
 def round_metrics(run_dir, k: int) -> dict | None:
     "Round `k`'s `metrics.json`, or None when the round has not been evaluated."
@@ -68,12 +69,13 @@ def fade(img: np.ndarray) -> np.ndarray:
     return 0.3 * np.asarray(img, np.float32) + 0.7 * 200
 
 def overlay(image, labels, colors: np.ndarray, *, alpha: float = 0.5, only: int | None = None) -> np.ndarray:
-    "The image (`(3, H, W)` tensor or `(H, W, 3)` array) blended with `colors[labels]` where a class is set; `only` keeps one class and dims the rest."
+    "Image (`(3, H, W)` tensor or `(H, W, 3)` array) blended with `colors[labels]` where set; `only` dims the others."
     img = image.permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     img, lab = img.astype(np.float32), np.asarray(labels)
     if lab.shape != img.shape[:2]: raise ValueError(f'labels {lab.shape} and image {img.shape[:2]} differ in size')
     on = (lab != IGNORE_INDEX) & (lab < len(colors))
-    if only is not None:  # the chosen class strong, the rest washed out to light grey: dark and bright colours both stand out
+    # the chosen class strong, the rest washed out to light grey: dark and bright colours both stand out
+    if only is not None:
         on &= lab == only
         img, alpha = np.where(on[..., None], img, fade(img)), max(alpha, 0.75)
     out = img.copy()
@@ -82,18 +84,23 @@ def overlay(image, labels, colors: np.ndarray, *, alpha: float = 0.5, only: int 
 
 def legend_html(classes, colors: np.ndarray, split: Split) -> str:
     "Colour swatches and names of model classes `classes`, the unseen ones marked."
-    items = [f'<span style="display:inline-block;width:12px;height:12px;background:rgb{tuple(int(v) for v in colors[c])};'
+    rgb = lambda c: tuple(int(v) for v in colors[c])
+    items = [f'<span style="display:inline-block;width:12px;height:12px;background:rgb{rgb(c)};'
              f'border:1px solid #555;margin:0 4px 0 10px;vertical-align:middle"></span>{html.escape(split.names[c])}'
              + (' <i>(unseen)</i>' if split.names[c] in split.unseen else '') for c in classes]
     return '<div style="line-height:1.8">' + (''.join(items) or '<i>no class in these panels</i>') + '</div>'
 
 # %% ../nbs/23_explore.ipynb #c627f403
-def relabel(sub: torch.Tensor, targets: torch.Tensor, split: Split, *, top_p: float = 100, min_prob: float = 0.0) -> torch.Tensor:
-    "Pseudo-labels `(B, H, W)` from per-view logits `sub` `(V, B, K, H, W)` over `considered_idx(split)`: the labeler's vote, top-p, then a minimum probability."
-    if isinstance(top_p, bool) or not 0 < top_p <= 100: raise ValueError(f'top_p is a percentage in (0, 100], got {top_p!r}')
-    if not 0 <= min_prob <= 1: raise ValueError(f'min_prob is a probability in [0, 1] (0 keeps every label), got {min_prob!r}')
+def relabel(sub: torch.Tensor, targets: torch.Tensor, split: Split, *, top_p: float = 100,
+            min_prob: float = 0.0) -> torch.Tensor:
+    "Pseudo-labels from view logits `sub` `(V, B, K, H, W)` over `considered_idx(split)`: vote, top-p, min probability."
+    if isinstance(top_p, bool) or not 0 < top_p <= 100:
+        raise ValueError(f'top_p is a percentage in (0, 100], got {top_p!r}')
+    if not 0 <= min_prob <= 1:
+        raise ValueError(f'min_prob is a probability in [0, 1] (0 keeps every label), got {min_prob!r}')
     if sub.ndim != 5 or sub.shape[2] != len(considered_idx(split)):
-        raise ValueError(f'sub must be (V, B, K, H, W) logits over the {len(considered_idx(split))} considered classes, got {tuple(sub.shape)}')
+        raise ValueError(f'sub must be (V, B, K, H, W) logits over the {len(considered_idx(split))} '
+                         f'considered classes, got {tuple(sub.shape)}')
     pseudo = vote(sub, split.candidates(targets), split, float(top_p))  # exactly label_batch's labels
     if min_prob > 0:
         conf = sub[0].float().softmax(1).amax(1)  # identity view: the probability of its argmax, i.e. of the label
@@ -107,7 +114,8 @@ def iou_frame(metrics: dict | None, split: Split) -> tuple[pd.DataFrame | None, 
     "Round metrics' `plain_iou` as a DataFrame (IoU, unseen) in model class order, or None and why not."
     if metrics is None: return None, 'this round has no metrics.json: it has not been evaluated (yet)'
     iou = metrics.get('plain_iou')
-    if not iou: return None, f"this round's metrics.json has no per-class IoU ('plain_iou'); its keys: {', '.join(metrics)}"
+    if not iou:
+        return None, f"this round's metrics.json has no per-class IoU ('plain_iou'); its keys: {', '.join(metrics)}"
     df = pd.DataFrame({'IoU': [float(iou.get(n, np.nan)) for n in split.names],
                        'unseen': [n in split.unseen for n in split.names]}, index=pd.Index(split.names, name='class'))
     return df, ''
@@ -118,8 +126,13 @@ def plot_iou(ax, df: pd.DataFrame, *, cls: str = 'all', title: str = ''):
     bars = ax.barh(y, df['IoU'].fillna(0), color=[UNSEEN_COLOR if u else SEEN_COLOR for u in df['unseen']])
     for b, n in zip(bars, df.index):
         if cls != 'all' and n != cls: b.set_alpha(0.3)
-        if n == cls: b.set_edgecolor('black'); b.set_linewidth(1.5)
-    ax.set_yticks(y, df.index, fontsize=7); ax.invert_yaxis(); ax.set_xlim(0, 100); ax.set_xlabel('IoU %')
+        if n == cls:
+            b.set_edgecolor('black')
+            b.set_linewidth(1.5)
+    ax.set_yticks(y, df.index, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel('IoU %')
     from matplotlib.patches import Patch
     ax.legend(handles=[Patch(color=SEEN_COLOR, label='seen'), Patch(color=UNSEEN_COLOR, label='unseen')], fontsize=7,
               loc='lower left', bbox_to_anchor=(1.01, 0), frameon=False)
@@ -131,16 +144,21 @@ PANELS = ('image', 'truth', 'pseudo', 'live', 'prediction')
 
 def _memo(store: OrderedDict, maxsize: int, key, fn):
     "`store[key]`, computed by `fn()` on a miss; the least recently used entries beyond `maxsize` are dropped."
-    if key in store: store.move_to_end(key); return store[key]
+    if key in store:
+        store.move_to_end(key)
+        return store[key]
     store[key] = v = fn()
     while len(store) > maxsize: store.popitem(last=False)
     return v
 
 def _png(rgb: np.ndarray, px: int) -> bytes:
     "A PNG of `rgb` scaled (nearest neighbour) so that its longer side is `px`."
-    im = Image.fromarray(rgb); s = px / max(im.size)
+    im = Image.fromarray(rgb)
+    s = px / max(im.size)
     im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.NEAREST)
-    buf = io.BytesIO(); im.save(buf, format='PNG'); return buf.getvalue()
+    buf = io.BytesIO()
+    im.save(buf, format='PNG')
+    return buf.getvalue()
 
 def view_name(v: View) -> str:
     "A view in `zls.labeler.parse_views` notation: '1', '1f', '1.5f'."
@@ -149,7 +167,8 @@ def view_name(v: View) -> str:
 class Explorer:
     "Browse a run folder: image, truth, saved and live pseudo-labels, prediction of round `k`, and IoU bars."
     def __init__(self, run_dir, *, image_set: str = 'train', index: int = 0, k: int | None = None, cls: str = 'all',
-                 top_p: float | None = None, min_prob: float = 0.0, views=None, device=None, alpha: float = 0.5, panel_px: int = 160):
+                 top_p: float | None = None, min_prob: float = 0.0, views=None, device=None, alpha: float = 0.5,
+                 panel_px: int = 160):
         self.run_dir = Path(run_dir)
         self.rounds, self.params = run_rounds(self.run_dir), run_params(self.run_dir)
         self.split = split_of(DataConfig.pick(self.params))
@@ -159,34 +178,44 @@ class Explorer:
         self.run_views = check_views(parse_views(self.params['views']))
         self.all_views = check_views(DEFAULT_VIEWS + self.run_views)  # every view offered; the run's own ticked
         self._models, self._preds, self._logits, self._iou_png = {}, OrderedDict(), OrderedDict(), OrderedDict()
-        self.maps, self.notes, self.rgb, self.quality, self.iou, self.error, self._holding = {}, {}, {}, None, None, None, 0
+        self.maps, self.notes, self.rgb = {}, {}, {}
+        self.quality, self.iou, self.error, self._holding = None, None, None, 0
         W, lay = widgets, widgets.Layout
         self.w_set = W.ToggleButtons(options=list(self.datasets), description='images', style=dict(button_width='60px'))
-        self.w_index = W.IntSlider(min=0, max=len(self.datasets['train']) - 1, description='index', continuous_update=False)
+        self.w_index = W.IntSlider(min=0, max=len(self.datasets['train']) - 1, description='index',
+                                   continuous_update=False)
         self.w_name = W.Text(description='name', continuous_update=False, layout=lay(width='230px'))
-        self.w_round = W.ToggleButtons(options=[(str(r), r) for r in self.rounds], value=self.rounds[-1], description='round',
-                                       style=dict(button_width='40px'))
-        self.w_class = W.Dropdown(options=[('all', 'all')] + [(n + (' (unseen)' if n in self.split.unseen else ''), n) for n in self.split.names],
-                                  description='class')
+        self.w_round = W.ToggleButtons(options=[(str(r), r) for r in self.rounds], value=self.rounds[-1],
+                                       description='round', style=dict(button_width='40px'))
+        class_options = [(n + (' (unseen)' if n in self.split.unseen else ''), n) for n in self.split.names]
+        self.w_class = W.Dropdown(options=[('all', 'all')] + class_options, description='class')
         self.w_top_p = W.FloatSlider(value=100, min=1, max=100, step=1, description='top-p %', continuous_update=False)
-        self.w_min_prob = W.FloatSlider(value=0, min=0, max=1, step=0.05, description='min prob', continuous_update=False)
-        self.w_views = {v: W.Checkbox(description=view_name(v), disabled=v == View(), indent=False, layout=lay(width='60px'))
+        self.w_min_prob = W.FloatSlider(value=0, min=0, max=1, step=0.05, description='min prob',
+                                        continuous_update=False)
+        self.w_views = {v: W.Checkbox(description=view_name(v), disabled=v == View(), indent=False,
+                                      layout=lay(width='60px'))
                         for v in self.all_views}  # the identity view is the reference: always on
         top = lambda: lay(align_self='flex-start')  # images keep their size instead of stretching to the box
-        self.w_titles, self.w_images, self.w_notes = ({p: W.HTML() for p in PANELS}, {p: W.Image(format='png', layout=top()) for p in PANELS},
-                                                      {p: W.HTML(layout=lay(width=f'{panel_px}px')) for p in PANELS})
-        self.w_legend, self.w_quality, self.w_status, self.w_iou_note, self.w_live = W.HTML(), W.HTML(), W.HTML(), W.HTML(), W.HTML()
+        self.w_titles = {p: W.HTML() for p in PANELS}
+        self.w_images = {p: W.Image(format='png', layout=top()) for p in PANELS}
+        self.w_notes = {p: W.HTML(layout=lay(width=f'{panel_px}px')) for p in PANELS}
+        self.w_legend, self.w_quality, self.w_status = W.HTML(), W.HTML(), W.HTML()
+        self.w_iou_note, self.w_live = W.HTML(), W.HTML()
         self.w_iou = W.Image(format='png', layout=top())
-        panels = W.HBox([W.VBox([self.w_titles[p], self.w_images[p], self.w_notes[p]], layout=lay(width=f'{panel_px + 12}px')) for p in PANELS])
+        panels = W.HBox([W.VBox([self.w_titles[p], self.w_images[p], self.w_notes[p]],
+                                layout=lay(width=f'{panel_px + 12}px')) for p in PANELS])
         live = W.HBox([self.w_top_p, self.w_min_prob, W.HTML('&nbsp;views:'), *self.w_views.values()])
-        self.widget = W.VBox([W.HBox([self.w_set, self.w_round]), W.HBox([self.w_index, self.w_name, self.w_class]),
-                              panels, self.w_legend, self.w_live, live,
-                              W.HBox([W.VBox([self.w_quality], layout=lay(min_width='480px')), W.VBox([self.w_iou_note, self.w_iou])]), self.w_status])
-        for w in (self.w_set, self.w_index, self.w_round, self.w_class, self.w_top_p, self.w_min_prob, *self.w_views.values()):
+        pickers = [W.HBox([self.w_set, self.w_round]), W.HBox([self.w_index, self.w_name, self.w_class])]
+        tables = W.HBox([W.VBox([self.w_quality], layout=lay(min_width='480px')),
+                         W.VBox([self.w_iou_note, self.w_iou])])
+        self.widget = W.VBox([*pickers, panels, self.w_legend, self.w_live, live, tables, self.w_status])
+        for w in (self.w_set, self.w_index, self.w_round, self.w_class, self.w_top_p, self.w_min_prob,
+                  *self.w_views.values()):
             w.observe(self._changed, names='value')
         self.w_name.observe(self._named, names='value')
         self.show(image_set=image_set, index=index, k=self.rounds[-1] if k is None else k, cls=cls,
-                  top_p=self.params['top_p'] if top_p is None else top_p, min_prob=min_prob, views=self.run_views if views is None else views)
+                  top_p=self.params['top_p'] if top_p is None else top_p, min_prob=min_prob,
+                  views=self.run_views if views is None else views)
 
     image_set = property(lambda self: self.w_set.value, doc='train or val')
     index = property(lambda self: self.w_index.value, doc="the image's index in its set")
@@ -207,25 +236,33 @@ class Explorer:
 
 # %% ../nbs/23_explore.ipynb #bbb3bd07
 @patch
-def show(self: Explorer, *, image_set: str | None = None, index: int | None = None, name: str | None = None, k: int | None = None,
-         cls: str | None = None, top_p: float | None = None, min_prob: float | None = None, views=None) -> Explorer:
+def show(self: Explorer, *, image_set: str | None = None, index: int | None = None, name: str | None = None,
+         k: int | None = None, cls: str | None = None, top_p: float | None = None, min_prob: float | None = None,
+         views=None) -> Explorer:
     "Set any of the controls at once (`views`: Views or a `parse_views` string), then recompute once."
-    if image_set is not None and image_set not in self.datasets: raise ValueError(f"image_set must be 'train' or 'val', got {image_set!r}")
+    if image_set is not None and image_set not in self.datasets:
+        raise ValueError(f"image_set must be 'train' or 'val', got {image_set!r}")
     ds = self.datasets[image_set or self.image_set]
     if name is not None:
-        if name not in ds.names: raise ValueError(f'no image named {name!r} in the {image_set or self.image_set} set (e.g. {ds.names[:2]})')
+        if name not in ds.names:
+            raise ValueError(f'no image named {name!r} in the {image_set or self.image_set} set (e.g. {ds.names[:2]})')
         index = ds.names.index(name)
-    if index is not None and not 0 <= index < len(ds): raise ValueError(f'index must be in 0..{len(ds) - 1}, got {index}')
-    if k is not None and k not in self.rounds: raise ValueError(f'round {k} has no model (round_{k}/train.pt) in {self.run_dir}; rounds: {self.rounds}')
+    if index is not None and not 0 <= index < len(ds):
+        raise ValueError(f'index must be in 0..{len(ds) - 1}, got {index}')
+    if k is not None and k not in self.rounds:
+        raise ValueError(f'round {k} has no model (round_{k}/train.pt) in {self.run_dir}; rounds: {self.rounds}')
     if cls is not None and cls != 'all' and cls not in self.split.names:
-        raise ValueError(f"class {cls!r} is not a class of split {self.split.name!r}; use 'all' or one of {', '.join(self.split.names)}")
+        raise ValueError(f"class {cls!r} is not a class of split {self.split.name!r}; "
+                         f"use 'all' or one of {', '.join(self.split.names)}")
     if views is not None:
         views = check_views(parse_views(views) if isinstance(views, str) else views)
-        if set(views) - set(self.all_views): raise ValueError(f'views {sorted(set(views) - set(self.all_views), key=str)} are not offered; offered: {self.all_views}')
+        unknown = set(views) - set(self.all_views)
+        if unknown: raise ValueError(f'views {sorted(unknown, key=str)} are not offered; offered: {self.all_views}')
     with self._hold():
         if image_set is not None: self.w_set.value = image_set
         self.w_index.max = len(ds) - 1
-        for w, v in ((self.w_index, index), (self.w_round, k), (self.w_class, cls), (self.w_top_p, top_p), (self.w_min_prob, min_prob)):
+        for w, v in ((self.w_index, index), (self.w_round, k), (self.w_class, cls), (self.w_top_p, top_p),
+                     (self.w_min_prob, min_prob)):
             if v is not None: w.value = v
         if views is not None:
             for v, c in self.w_views.items(): c.value = v in views
@@ -235,7 +272,9 @@ def show(self: Explorer, *, image_set: str | None = None, index: int | None = No
 @patch
 def _changed(self: Explorer, change=None):
     if self._holding: return
-    try: self.refresh(); self.error = None
+    try:
+        self.refresh()
+        self.error = None
     except Exception as e:
         self.error = e
         self.w_status.value = f'<b style="color:#b00020">{type(e).__name__}: {html.escape(str(e))}</b>'
@@ -246,7 +285,9 @@ def _named(self: Explorer, change):
     if self._holding: return
     ds = self.datasets[self.image_set]
     if change['new'] not in ds.names:
-        self.w_status.value = f'<b style="color:#b00020">no image named {html.escape(repr(change["new"]))} in the {self.image_set} set (e.g. {ds.names[0]})</b>'
+        typed = html.escape(repr(change['new']))
+        self.w_status.value = (f'<b style="color:#b00020">no image named {typed} in the {self.image_set} set '
+                               f'(e.g. {ds.names[0]})</b>')
         return
     self.w_index.value = ds.names.index(change['new'])  # recomputes through _changed
 
@@ -260,9 +301,10 @@ def item(self: Explorer) -> dict:
 def model(self: Explorer, k: int) -> torch.nn.Module:
     "Round `k`'s trained model (cached), on the explorer's device, in evaluation mode."
     if k not in self._models:
-        m = model_from_checkpoint(round_dir(self.run_dir, k) / 'train.pt')
+        ckpt = round_dir(self.run_dir, k) / 'train.pt'
+        m = model_from_checkpoint(ckpt)
         if m.n_classes != self.split.n_classes:
-            raise ValueError(f'{round_dir(self.run_dir, k) / "train.pt"} predicts {m.n_classes} classes, the run\'s split has {self.split.n_classes}')
+            raise ValueError(f"{ckpt} predicts {m.n_classes} classes, the run's split has {self.split.n_classes}")
         self._models[k] = m.to(self.device).eval()
     return self._models[k]
 
@@ -270,18 +312,21 @@ def model(self: Explorer, k: int) -> torch.nn.Module:
 def prediction(self: Explorer) -> np.ndarray:
     "Round `k`'s prediction on the current image: argmax over every class, `(H, W)` model indices."
     def predict():
-        with torch.no_grad(): return self.model(self.k)(normalize(self.item()['image'][None].to(self.device))).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        with torch.no_grad():
+            model, x = self.model(self.k), normalize(self.item()['image'][None].to(self.device))
+            return model(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
     return _memo(self._preds, 512, (self.k, self.image_set, self.index), predict)
 
 @patch
 def saved_pseudo(self: Explorer) -> tuple[np.ndarray | None, str]:
     "The pseudo-labels round `k` trained on for the current image, or None and why there are none."
     if self.k == 0: return None, 'round 0 trains on the seen labels only: it has no pseudo-labels. Pick a round k >= 1.'
-    if self.image_set != 'train': return None, 'pseudo-labels are made for training images only; the live ones below label this one.'
+    if self.image_set != 'train':
+        return None, 'pseudo-labels are made for training images only; the live ones below label this one.'
     pdir = round_dir(self.run_dir, self.k) / 'pseudo'
     if not pdir.is_dir():
-        return None, (f'{pdir} does not exist: this run (labeling={self.params["labeling"]!r}) saved no pseudo-labels for round {self.k}'
-                      ' (online labels are made per training batch and never written).')
+        return None, (f'{pdir} does not exist: this run (labeling={self.params["labeling"]!r}) saved no pseudo-labels '
+                      f'for round {self.k} (online labels are made per training batch and never written).')
     png = pdir / f"{self.item()['name']}.png"
     if not png.is_file(): return None, f'no saved map {png}: the labeling of round {self.k} did not finish.'
     return load_mask(png), ''
@@ -289,15 +334,19 @@ def saved_pseudo(self: Explorer) -> tuple[np.ndarray | None, str]:
 @patch
 def live_pseudo(self: Explorer) -> tuple[np.ndarray | None, str]:
     "The current image relabeled by round `k`'s generator with the ticked views, top-p and min prob; or None and why."
-    if self.k == 0: return None, 'round 0 has no generator. Pick a round k >= 1: it relabels with the model of round k-1.'
-    if self.k - 1 not in self.rounds: return None, f'the generator of round {self.k}, round_{self.k - 1}/train.pt, is missing.'
+    if self.k == 0:
+        return None, 'round 0 has no generator. Pick a round k >= 1: it relabels with the model of round k-1.'
+    if self.k - 1 not in self.rounds:
+        return None, f'the generator of round {self.k}, round_{self.k - 1}/train.pt, is missing.'
     it, sp = self.item(), self.split
     def logits():  # every offered view, so that ticking one costs no forward pass
         x = normalize(it['image'][None].to(self.device))
-        return view_logits(self.model(self.k - 1), x, self.all_views, classes=considered_idx(sp), n_classes=sp.n_classes).cpu()
+        generator = self.model(self.k - 1)
+        return view_logits(generator, x, self.all_views, classes=considered_idx(sp), n_classes=sp.n_classes).cpu()
     sub = _memo(self._logits, 4, (self.k, self.image_set, self.index), logits)
     sel = [i for i, v in enumerate(self.all_views) if v in self.views]
-    return relabel(sub[sel], sp.encode(it['label'][None], train=True), sp, top_p=self.top_p, min_prob=self.min_prob)[0].numpy(), ''
+    targets = sp.encode(it['label'][None], train=True)
+    return relabel(sub[sel], targets, sp, top_p=self.top_p, min_prob=self.min_prob)[0].numpy(), ''
 
 # %% ../nbs/23_explore.ipynb #b7c30db1
 @patch
@@ -311,16 +360,21 @@ def refresh(self: Explorer):
     (maps['pseudo'], notes['pseudo']), (maps['live'], notes['live']) = self.saved_pseudo(), self.live_pseudo()
     only = None if self.cls == 'all' else sp.names.index(self.cls)
     self.maps, self.notes = maps, {p: notes.get(p, '') for p in PANELS}
-    self.rgb = {p: it['image'].permute(1, 2, 0).numpy() if p == 'image' else overlay(it['image'], maps[p], self.colors, alpha=self.alpha, only=only)
+    draw = lambda p: overlay(it['image'], maps[p], self.colors, alpha=self.alpha, only=only)
+    self.rgb = {p: it['image'].permute(1, 2, 0).numpy() if p == 'image' else draw(p)
                 for p in PANELS if p == 'image' or maps[p] is not None}
     cand = sp.candidates(sp.encode(it['label'], train=True))
-    rows = {f'saved r{k}' if p == 'pseudo' else 'live': pseudo_label_quality(torch.from_numpy(maps[p]), hidden, sp.n_classes, candidates=cand,
-                                                                             names=sp.names).loc[self.cls] for p in ('pseudo', 'live') if maps[p] is not None}
+    quality_of = lambda m: pseudo_label_quality(torch.from_numpy(m), hidden, sp.n_classes, candidates=cand,
+                                                names=sp.names)
+    rows = {f'saved r{k}' if p == 'pseudo' else 'live': quality_of(maps[p]).loc[self.cls]
+            for p in ('pseudo', 'live') if maps[p] is not None}
     cols = dict(n_pseudo='pixels', n_correct='correct', precision='precision', recall='recall', coverage='coverage')
-    self.quality = pd.DataFrame(rows).T.rename(columns=cols)[list(cols.values())].astype(dict(pixels=int, correct=int)) if rows else None
+    self.quality = (pd.DataFrame(rows).T.rename(columns=cols)[list(cols.values())].astype(dict(pixels=int, correct=int))
+                    if rows else None)
     self.iou, iou_note = iou_frame(round_metrics(self.run_dir, k), sp)
-    self.titles = titles = dict(image=f"{it['name']} ({self.image_set})", truth='ground truth', pseudo=f'saved pseudo r{k}',
-                  live=f'live pseudo r{k}' if k else 'live pseudo', prediction=f'prediction r{k}')
+    self.titles = titles = dict(image=f"{it['name']} ({self.image_set})", truth='ground truth',
+                                pseudo=f'saved pseudo r{k}', live=f'live pseudo r{k}' if k else 'live pseudo',
+                                prediction=f'prediction r{k}')
     for p in PANELS:
         self.w_titles[p].value = f'<b>{html.escape(titles[p])}</b>'
         self.w_images[p].value = _png(self.rgb[p], self.panel_px) if p in self.rgb else b''
@@ -329,12 +383,15 @@ def refresh(self: Explorer):
     present = sorted(set().union(*(np.unique(m).tolist() for m in maps.values() if m is not None)) - {IGNORE_INDEX})
     self.legend = [only] if only is not None else [c for c in present if c < sp.n_classes]
     self.w_legend.value = legend_html(self.legend, self.colors, sp)
-    self.w_live.value = (f'<b>live relabeling</b> by round {k}\'s generator, the model of round {k - 1}: tick views, move the top-p and '
-                         'minimum-probability filters (both rank by the identity view\'s softmax over the candidate classes)' if k else
+    self.w_live.value = (f"<b>live relabeling</b> by round {k}'s generator, the model of round {k - 1}: tick views, "
+                         "move the top-p and minimum-probability filters (both rank by the identity view's softmax "
+                         'over the candidate classes)' if k else
                          '<b>live relabeling</b> needs a generator: pick a round k >= 1')
-    self.w_quality.value = (f'<b>pseudo-labels vs hidden truth</b> (class: {html.escape(self.cls)}; percent)' + self.quality.round(1).to_html()
-                            if self.quality is not None else '<i>no pseudo-labels for this round and image</i>')
-    self.w_iou_note.value = f'<b>IoU per class, round {k}</b>' + (f': <i>{html.escape(iou_note)}</i>' if iou_note else ' (no calibration)')
+    heading = f'<b>pseudo-labels vs hidden truth</b> (class: {html.escape(self.cls)}; percent)'
+    self.w_quality.value = (heading + self.quality.round(1).to_html() if self.quality is not None
+                            else '<i>no pseudo-labels for this round and image</i>')
+    iou_detail = f': <i>{html.escape(iou_note)}</i>' if iou_note else ' (no calibration)'
+    self.w_iou_note.value = f'<b>IoU per class, round {k}</b>' + iou_detail
     self.w_iou.value = b'' if self.iou is None else _memo(self._iou_png, 64, (k, self.cls), self._iou_bars_png)
     self.w_iou.layout.display = 'none' if self.iou is None else ''
     self.w_status.value = ''
@@ -344,7 +401,9 @@ def _iou_bars_png(self: Explorer) -> bytes:
     from matplotlib.figure import Figure
     fig = Figure(figsize=(5, 0.2 * len(self.iou) + 0.8), layout='constrained')
     plot_iou(fig.subplots(), self.iou, cls=self.cls)
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=90); return buf.getvalue()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=90)
+    return buf.getvalue()
 
 # %% ../nbs/23_explore.ipynb #64bb72b0
 @patch
@@ -357,11 +416,16 @@ def figure(self: Explorer, *, iou: bool = True):
     fig = Figure(figsize=(2.2 * len(PANELS) + (3.2 if bars else 0), 3.2), layout='constrained')
     axs = fig.subplots(1, len(PANELS) + bars, width_ratios=[1] * len(PANELS) + ([1.6] if bars else []))
     for ax, p in zip(axs, PANELS):
-        ax.set_title(self.titles[p], fontsize=8); ax.axis('off')
-        if p in self.rgb: ax.imshow(self.rgb[p], interpolation='nearest')
-        else: ax.text(0.5, 0.5, textwrap.fill(self.notes[p], 28), ha='center', va='center', fontsize=7, transform=ax.transAxes)
+        ax.set_title(self.titles[p], fontsize=8)
+        ax.axis('off')
+        if p in self.rgb:
+            ax.imshow(self.rgb[p], interpolation='nearest')
+        else:
+            ax.text(0.5, 0.5, textwrap.fill(self.notes[p], 28), ha='center', va='center', fontsize=7,
+                    transform=ax.transAxes)
     if bars: plot_iou(axs[-1], self.iou, cls=self.cls, title=f'IoU per class, round {self.k}')
-    handles = [Patch(color=self.colors[c] / 255, label=self.split.names[c] + (' (unseen)' if self.split.names[c] in self.split.unseen else ''))
-               for c in self.legend]
+    sp = self.split
+    label = lambda c: sp.names[c] + (' (unseen)' if sp.names[c] in sp.unseen else '')
+    handles = [Patch(color=self.colors[c] / 255, label=label(c)) for c in self.legend]
     if handles: fig.legend(handles=handles, loc='outside lower center', ncols=min(6, len(handles)), fontsize=7)
     return fig

@@ -14,8 +14,7 @@ from .config import RunConfig, Section, need, param
 from .core import IGNORE_INDEX, atomic_write, get_device, load_mask, save_mask
 from .datasets import normalize, size_batches
 from .splits import Split
-from .train import (Round, load_checkpoint, make_round, model_from_checkpoint, save_checkpoint, train,
-                       write_metrics)
+from .train import Round, load_checkpoint, model_from_checkpoint, save_checkpoint, train, write_metrics
 
 # %% auto #0
 __all__ = ['INIT_NORMS', 'MARKER', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'kmeans', 'context_embedding',

@@ -8,6 +8,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,8 @@ from .splits import Split
 from .datasets import normalize, size_batches
 from .metrics import PseudoQuality
 from .distributed import barrier, is_main, shard, world_size
+if TYPE_CHECKING:
+    import pandas as pd  # for the annotations only: the quality table imports pandas when it is built
 
 # %% auto #0
 __all__ = ['IDENTITY', 'DEFAULT_VIEWS', 'View', 'check_views', 'parse_views', 'view_logits', 'considered_idx', 'top_p_mask',
@@ -92,7 +95,8 @@ def view_logits(generator: nn.Module, images: torch.Tensor, views=DEFAULT_VIEWS,
     "The generator's logits for each view, mapped back to the images' frame: `(V, B, C, H, W)`, identity first."
     views = check_views(views)
     if images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(f'images must be a normalized float batch (B, 3, H, W), got {tuple(images.shape)} {images.dtype}')
+        raise ValueError(f'images must be a normalized float batch (B, 3, H, W), '
+                         f'got {tuple(images.shape)} {images.dtype}')
     B, (H, W) = images.shape[0], images.shape[-2:]
     out, by_scale = [None] * len(views), {}
     for i, v in enumerate(views): by_scale.setdefault(v.scale, []).append(i)
@@ -101,16 +105,18 @@ def view_logits(generator: nn.Module, images: torch.Tensor, views=DEFAULT_VIEWS,
             x = View(scale).apply(images)
             logits = generator(torch.cat([x.flip(-1) if views[i].flip else x for i in idx]))
             if n_classes is not None and logits.shape[1] != n_classes:
-                raise ValueError(f'the generator predicts {logits.shape[1]} classes, expected n_classes={n_classes} (seen + '
-                                 'unseen); give the generator every class embedding before labeling')
-            if classes is not None: logits = logits.index_select(1, classes.to(logits.device))  # before resizing: saves memory
+                raise ValueError(f'the generator predicts {logits.shape[1]} classes, expected n_classes={n_classes} '
+                                 '(seen + unseen); give the generator every class embedding before labeling')
+            if classes is not None:
+                logits = logits.index_select(1, classes.to(logits.device))  # before resizing: saves memory
             for j, i in enumerate(idx): out[i] = views[i].undo(logits[j * B:(j + 1) * B], (H, W))
     return torch.stack(out)
 
 # %% ../nbs/12_labeler.ipynb #559fa4f6
 def _check_top_p(top_p) -> float:
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 100:
-        raise ValueError(f'top_p is a percentage: it must satisfy 0 < top_p <= 100 (100 keeps every pixel), got {top_p!r}')
+        raise ValueError(f'top_p is a percentage: it must satisfy 0 < top_p <= 100 (100 keeps every pixel), '
+                         f'got {top_p!r}')
     return float(top_p)
 
 def considered_idx(split: Split) -> torch.Tensor:
@@ -134,7 +140,8 @@ def top_p_mask(pseudo: torch.Tensor, conf: torch.Tensor, top_p: float) -> torch.
     rank = torch.arange(len(g), device=g.device) - (counts.cumsum(0) - counts)[g]
     keep_n = torch.ceil(counts.double() * (top_p / 100) - 1e-9).long()  # ceil: a class present keeps >= 1 pixel
     drop = order[rank >= keep_n[g]]
-    out = flat.clone(); out[b[drop], pix[drop]] = IGNORE_INDEX
+    out = flat.clone()
+    out[b[drop], pix[drop]] = IGNORE_INDEX
     return out.reshape(pseudo.shape)
 
 def vote(sub: torch.Tensor, candidates: torch.Tensor, split: Split, top_p: float) -> torch.Tensor:
@@ -154,10 +161,11 @@ def vote(sub: torch.Tensor, candidates: torch.Tensor, split: Split, top_p: float
 def intersect(view_logits: torch.Tensor, candidates: torch.Tensor, split: Split, *, top_p: float = 100) -> torch.Tensor:
     "Pseudo-labels `(B, H, W)` uint8: the unseen argmax where every view agrees with view 0 (identity), else ignore."
     top_p = _check_top_p(top_p)
-    if view_logits.ndim != 5: raise ValueError(f'view_logits must be (V, B, C, H, W), got shape {tuple(view_logits.shape)}')
+    if view_logits.ndim != 5:
+        raise ValueError(f'view_logits must be (V, B, C, H, W), got shape {tuple(view_logits.shape)}')
     if view_logits.shape[2] != split.n_classes:
-        raise ValueError(f'the generator predicts {view_logits.shape[2]} classes but split {split.name!r} has {split.n_classes} '
-                         '(seen + unseen); give the generator every class embedding before labeling')
+        raise ValueError(f'the generator predicts {view_logits.shape[2]} classes but split {split.name!r} has '
+                         f'{split.n_classes} (seen + unseen); give the generator every class embedding before labeling')
     sub = view_logits.index_select(2, considered_idx(split).to(view_logits.device))  # seen classes cannot win
     return vote(sub, candidates, split, top_p)
 
@@ -166,15 +174,17 @@ def label_batch(generator: nn.Module, images: torch.Tensor, targets: torch.Tenso
                 views=DEFAULT_VIEWS, top_p: float = 100) -> torch.Tensor:
     "Pseudo-labels `(B, H, W)` uint8 for normalized `images` whose training `targets` give the candidates."
     top_p = _check_top_p(top_p)
-    if tuple(targets.shape) != (images.shape[0], *images.shape[-2:]):
-        raise ValueError(f'targets must be (B, H, W) = {(images.shape[0], *images.shape[-2:])} like the images, got {tuple(targets.shape)}')
+    want = (images.shape[0], *images.shape[-2:])
+    if tuple(targets.shape) != want:
+        raise ValueError(f'targets must be (B, H, W) = {want} like the images, got {tuple(targets.shape)}')
     sub = view_logits(generator, images, views, classes=considered_idx(split), n_classes=split.n_classes)
     return vote(sub, split.candidates(targets), split, top_p)
 
 def fill_pseudo(targets: torch.Tensor, pseudo: torch.Tensor, split: Split) -> torch.Tensor:
-    "A new `targets` with `pseudo` written on candidate pixels where it holds a label; ground truth is never overwritten."
+    "A new `targets` with `pseudo` on candidate pixels where it holds a label; ground truth is never overwritten."
     pseudo = torch.as_tensor(pseudo).to(targets.device)
-    if pseudo.shape != targets.shape: raise ValueError(f'pseudo {tuple(pseudo.shape)} and targets {tuple(targets.shape)} differ in shape')
+    if pseudo.shape != targets.shape:
+        raise ValueError(f'pseudo {tuple(pseudo.shape)} and targets {tuple(targets.shape)} differ in shape')
     fill = split.candidates(targets) & (pseudo != IGNORE_INDEX)
     return torch.where(fill, pseudo.to(targets.dtype), targets)
 
@@ -189,11 +199,14 @@ def label_offline(generator: nn.Module, dataset, split: Split, out_dir, *, views
     "Pseudo-label every item of `dataset` into `out_dir/<name>.png`; write and return the quality table."
     top_p, views = _check_top_p(top_p), check_views(views)
     if batch_size < 1: raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    if is_main(): (out_dir / 'quality.csv').unlink(missing_ok=True)  # a stale marker would call a half-written folder complete
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if is_main():  # a stale marker would call a half-written folder complete
+        (out_dir / 'quality.csv').unlink(missing_ok=True)
     barrier()  # ... so no rank overwrites a map before the marker is gone
     if world_size() > 1: dataset = Subset(dataset, shard(len(dataset)))
-    device = get_device(device); generator.to(device)
+    device = get_device(device)
+    generator.to(device)
     quality = PseudoQuality(split.n_classes)
     with tqdm(total=len(dataset), desc='pseudo-labels', disable=not (progress and is_main())) as bar:
         for items in size_batches(dataset, batch_size, num_workers=num_workers):
@@ -218,21 +231,26 @@ class PseudoDataset(Dataset):
         self.names = getattr(base, 'names', None)
         self.pseudo_dir = None if pseudo_dir is None else Path(pseudo_dir)
         if self.pseudo_dir is not None and not (self.pseudo_dir / 'quality.csv').is_file():
-            raise FileNotFoundError(f'{self.pseudo_dir / "quality.csv"} does not exist: the pseudo-label folder is missing or '
-                                    'incomplete (label_offline writes quality.csv last); run label_offline into it again')
-        self._allowed = np.isin(np.arange(256), split.unseen_idx.numpy()); self._allowed[IGNORE_INDEX] = True
+            raise FileNotFoundError(f'{self.pseudo_dir / "quality.csv"} does not exist: the pseudo-label folder is '
+                                    'missing or incomplete (label_offline writes quality.csv last); '
+                                    'run label_offline into it again')
+        self._allowed = np.isin(np.arange(256), split.unseen_idx.numpy())
+        self._allowed[IGNORE_INDEX] = True
 
     def __len__(self) -> int: return len(self.base)
 
     def pseudo(self, name: str, shape) -> torch.Tensor:
         "The pseudo-label map of image `name`, checked against the split and the image size."
         path = self.pseudo_dir / f'{name}.png'
-        if not path.is_file(): raise FileNotFoundError(f'no pseudo-label map {path} for image {name!r}; label_offline writes '
-                                                       'one per image: label this dataset into that folder')
+        if not path.is_file():
+            raise FileNotFoundError(f'no pseudo-label map {path} for image {name!r}; label_offline writes '
+                                    'one per image: label this dataset into that folder')
         p = load_mask(path)
-        if p.shape != tuple(shape): raise ValueError(f'{path}: pseudo-label map is {p.shape}, its image is {tuple(shape)}')
+        if p.shape != tuple(shape):
+            raise ValueError(f'{path}: pseudo-label map is {p.shape}, its image is {tuple(shape)}')
         if not self._allowed[p].all():
-            raise ValueError(f'{path} holds values {sorted(set(np.unique(p)) - set(np.flatnonzero(self._allowed)))} that '
+            bad = sorted(set(np.unique(p)) - set(np.flatnonzero(self._allowed)))
+            raise ValueError(f'{path} holds values {bad} that '
                              f'are not unseen classes of split {self.split.name!r}: was it made for another split?')
         return torch.from_numpy(p)
 
@@ -240,7 +258,8 @@ class PseudoDataset(Dataset):
         item = self.base[i]
         label = torch.as_tensor(item['label'])
         target = self.split.encode(label, train=True)
-        if self.pseudo_dir is not None: target = fill_pseudo(target, self.pseudo(item['name'], target.shape), self.split)
+        if self.pseudo_dir is not None:
+            target = fill_pseudo(target, self.pseudo(item['name'], target.shape), self.split)
         image = item['image']
         if self.transform is not None: image, target = self.transform(image, target)
         return dict(image=image, target=target, label=label, name=item['name'])

@@ -139,7 +139,8 @@ def run_processes(run_dir: Path, k: int, nproc: int):
     if not torch.cuda.is_available(): env.setdefault('OMP_NUM_THREADS', '1')  # CPU processes share the cores
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
            '-m', 'zls.pipeline', '--run-dir', str(run_dir), '--round', str(k)]
-    with open(log, 'w') as f: code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=run_dir).returncode
+    with open(log, 'w') as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=run_dir).returncode
     if code: raise RoundFailed(f'round {k} failed in {nproc} processes (exit code {code}); its log is {log}. '
                                'Fix the cause and run the same command again to resume.')
 

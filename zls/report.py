@@ -44,7 +44,8 @@ def rounds_table(run_dir) -> pd.DataFrame:
     rows = []
     for m in load_rounds(run_dir):
         pl, cal = m['plain'], m.get('calibrated', {})  # methods without seen/unseen classes (fs4) lack some columns
-        p_prec, p_cov = _overall(m.get('pseudo')); i_prec, i_cov = _overall(m.get('pseudo_identity'))
+        p_prec, p_cov = _overall(m.get('pseudo'))
+        i_prec, i_cov = _overall(m.get('pseudo_identity'))
         g = lambda d, k: d.get(k, np.nan)
         rows.append(dict(round=m['round'], seen=g(pl, 'mIoU_seen'), unseen=g(pl, 'mIoU_unseen'), hIoU=g(pl, 'hIoU'),
                          mIoU=g(pl, 'mIoU'), pixel_acc=g(pl, 'pixel_acc'),
@@ -59,11 +60,13 @@ def markdown_table(df: pd.DataFrame, *, digits: int = 1) -> str:
     cols = [df.index.name or ''] + [str(c) for c in df.columns]
     fmt = lambda v: f'{v:.{digits}f}' if isinstance(v, (float, np.floating)) else str(v)
     lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-    lines += ['| ' + ' | '.join([fmt(i)] + [fmt(v) for v in r]) + ' |' for i, r in zip(df.index, df.itertuples(index=False))]
+    rows = zip(df.index, df.itertuples(index=False))
+    lines += ['| ' + ' | '.join([fmt(i)] + [fmt(v) for v in r]) + ' |' for i, r in rows]
     return '\n'.join(lines)
 
 # %% ../nbs/14_report.ipynb #1794847f
-def summarize_runs(run_dirs, *, columns=('seen', 'unseen', 'hIoU', 'pseudo_precision', 'single_view_precision')) -> pd.DataFrame:
+def summarize_runs(run_dirs, *,
+                   columns=('seen', 'unseen', 'hIoU', 'pseudo_precision', 'single_view_precision')) -> pd.DataFrame:
     "Mean and standard deviation per round over several runs' tables."
     tabs = pd.concat({Path(d).name: rounds_table(d)[list(columns)] for d in run_dirs}, names=['run'])
     g = tabs.groupby(level='round')
@@ -73,19 +76,25 @@ def summarize_runs(run_dirs, *, columns=('seen', 'unseen', 'hIoU', 'pseudo_preci
 def mean_std_table(summary: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
     "A 'mean ± std' string table from `summarize_runs`."
     cols = [c for c in summary.columns.get_level_values(0).unique() if c != 'runs']
-    fmt = lambda m, s: '–' if np.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"  # NaN: not measured (round 0 has no pseudo-labels)
-    return pd.DataFrame({c: [fmt(m, s) for m, s in zip(summary[(c, 'mean')], summary[(c, 'std')])] for c in cols}, index=summary.index)
+    # NaN: not measured (round 0 has no pseudo-labels)
+    fmt = lambda m, s: '–' if np.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+    cells = {c: [fmt(m, s) for m, s in zip(summary[(c, 'mean')], summary[(c, 'std')])] for c in cols}
+    return pd.DataFrame(cells, index=summary.index)
 
 # %% ../nbs/14_report.ipynb #33297cf6
 def plot_rounds(table: pd.DataFrame):
     "mIoU of seen and unseen classes and their harmonic mean, per round, without and with calibration."
-    long = table[['seen', 'unseen', 'hIoU', 'cal_seen', 'cal_unseen', 'cal_hIoU']].reset_index().melt('round', var_name='metric', value_name='mIoU')
-    long['calibrated'] = long['metric'].str.startswith('cal_'); long['metric'] = long['metric'].str.removeprefix('cal_')
+    cols = ['seen', 'unseen', 'hIoU', 'cal_seen', 'cal_unseen', 'cal_hIoU']
+    long = table[cols].reset_index().melt('round', var_name='metric', value_name='mIoU')
+    long['calibrated'] = long['metric'].str.startswith('cal_')
+    long['metric'] = long['metric'].str.removeprefix('cal_')
     fig, axs = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
     for ax, (cal, d) in zip(axs, long.groupby('calibrated')):
         sns.barplot(d, x='round', y='mIoU', hue='metric', ax=ax)
-        ax.set_title('calibrated' if cal else 'no calibration'); ax.set_ylim(0, 100)
-    fig.tight_layout(); return fig
+        ax.set_title('calibrated' if cal else 'no calibration')
+        ax.set_ylim(0, 100)
+    fig.tight_layout()
+    return fig
 
 def plot_pseudo_quality(run_dir):
     "Pseudo-label precision and coverage per round and unseen class: the intersection vs a single view."
@@ -93,17 +102,26 @@ def plot_pseudo_quality(run_dir):
     for m in load_rounds(run_dir):
         for key, lab in (('pseudo', 'intersection'), ('pseudo_identity', 'single view')):
             for r in m.get(key) or []:
-                if r['class'] != 'all' and (r['n_true'] or r['n_pseudo']): rows.append(dict(round=m['round'], labeler=lab, name=r['class'],
-                    precision=100 * r['n_correct'] / max(r['n_pseudo'], 1), coverage=100 * r['n_covered'] / max(r['n_true'], 1)))
+                if r['class'] != 'all' and (r['n_true'] or r['n_pseudo']):
+                    rows.append(dict(round=m['round'], labeler=lab, name=r['class'],
+                                     precision=100 * r['n_correct'] / max(r['n_pseudo'], 1),
+                                     coverage=100 * r['n_covered'] / max(r['n_true'], 1)))
     fig, axs = plt.subplots(1, 2, figsize=(10, 3.2))
     if not rows:
-        for ax in axs: ax.text(0.5, 0.5, 'no pseudo-labels yet (round 0 only)', ha='center'); ax.axis('off')
+        for ax in axs:
+            ax.text(0.5, 0.5, 'no pseudo-labels yet (round 0 only)', ha='center')
+            ax.axis('off')
         return fig
-    d = pd.DataFrame(rows); d['what'] = 'round ' + d['round'].astype(str) + ', ' + d['labeler']
+    d = pd.DataFrame(rows)
+    d['what'] = 'round ' + d['round'].astype(str) + ', ' + d['labeler']
     for ax, y in zip(axs, ('precision', 'coverage')):
-        sns.barplot(d, x='name', y=y, hue='what', ax=ax); ax.set_ylim(0, 100); ax.set_xlabel('')
-        ax.tick_params(axis='x', rotation=30); ax.legend(fontsize=7)
-    fig.tight_layout(); return fig
+        sns.barplot(d, x='name', y=y, hue='what', ax=ax)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel('')
+        ax.tick_params(axis='x', rotation=30)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/14_report.ipynb #08c969c5
 def to_label_ids(m, split: Split) -> np.ndarray:
@@ -120,29 +138,41 @@ def example_grid(run_dir, *, n: int = 6, image_set: str = 'train'):
     split = split_of(data)
     ds = dict(zip(('train', 'val'), build_datasets(data)))[image_set]
     models = [model_from_checkpoint(Path(run_dir) / f"round_{m['round']}" / 'train.pt') for m in rounds]
-    cols = ['image', 'truth'] + [c for m in rounds for c in ((['pseudo'] if m['round'] > 0 and image_set == 'train' else []) + ['prediction'])]
+    cols = ['image', 'truth']
+    for m in rounds: cols += (['pseudo'] if m['round'] > 0 and image_set == 'train' else []) + ['prediction']
     fig, axs = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n), squeeze=False)
     idx = np.linspace(0, len(ds) - 1, n).astype(int)
     for row, i in zip(axs, idx):
-        it = ds[int(i)]; panels = [it['image'].permute(1, 2, 0).numpy(), colorize(to_label_ids(split.encode(it['label'], train=False), split))]
+        it = ds[int(i)]
+        truth = split.encode(it['label'], train=False)
+        panels = [it['image'].permute(1, 2, 0).numpy(), colorize(to_label_ids(truth, split))]
         titles = ['image', 'truth']
         for m, model in zip(rounds, models):
-            k = m['round']; pdir = Path(run_dir) / f'round_{k}' / 'pseudo'
+            k = m['round']
+            pdir = Path(run_dir) / f'round_{k}' / 'pseudo'
             if k > 0 and image_set == 'train':
                 png = pdir / f"{it['name']}.png"
-                panels.append(colorize(to_label_ids(load_mask(png), split)) if png.exists() else np.zeros_like(panels[1]))
+                if png.exists(): panels.append(colorize(to_label_ids(load_mask(png), split)))
+                else: panels.append(np.zeros_like(panels[1]))
                 titles.append(f'pseudo r{k}')
             pred = model(normalize(it['image'][None])).argmax(1)[0]
-            panels.append(colorize(to_label_ids(pred, split))); titles.append(f'pred r{k}')
-        for ax, im, ti in zip(row, panels, titles): ax.imshow(im); ax.set_title(ti, fontsize=8); ax.axis('off')
-    fig.tight_layout(); return fig
+            panels.append(colorize(to_label_ids(pred, split)))
+            titles.append(f'pred r{k}')
+        for ax, im, ti in zip(row, panels, titles):
+            ax.imshow(im)
+            ax.set_title(ti, fontsize=8)
+            ax.axis('off')
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/14_report.ipynb #43ba6089
 def save_report(run_dir, table: pd.DataFrame, figures: dict) -> list[Path]:
     "Write the figures as PNG and the table as `results.md` and `results.csv` into the run folder."
-    run_dir = Path(run_dir); out = []
+    run_dir = Path(run_dir)
+    out = []
     for name, fig in figures.items():
-        out.append(atomic_write(run_dir / f'{name}.png', lambda p: fig.savefig(p, dpi=110, bbox_inches='tight', format='png')))
+        save_png = lambda p: fig.savefig(p, dpi=110, bbox_inches='tight', format='png')
+        out.append(atomic_write(run_dir / f'{name}.png', save_png))
     out.append(atomic_write(run_dir / 'results.csv', lambda p: table.to_csv(p)))
     out.append(atomic_write(run_dir / 'results.md', lambda p: Path(p).write_text(markdown_table(table) + '\n')))
     return out

@@ -12,7 +12,8 @@ from .config import RunConfig, Section, need, param
 from .embeddings import class_embeddings
 from .labeler import IDENTITY, PseudoDataset, label_offline, label_online, parse_views
 from .splits import Split
-from .train import Round, evaluate_round, make_round, train
+from .train import Round, train
+from .train import evaluate_round as evaluate_round  # the shared evaluation is this method's
 
 # %% auto #0
 __all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'Config', 'class_matrix', 'label_round', 'train_round']
@@ -22,7 +23,8 @@ __all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'Config', 'cl
 class Config(Section):
     "STRICT's labeler: its views, the top-p% selection, and offline or online labeling."
     views: str = param('default', 'labeler views: default, identity (no intersection), or a list such as 1,1f,1.5,1.5f')
-    top_p: float = param(100.0, 'keep the top p percent most confident pseudo-labels per class and image; 100 keeps all')
+    top_p: float = param(100.0, 'keep the top p percent most confident pseudo-labels per class and image; '
+                                '100 keeps all')
     labeling: str = param('offline', 'offline (once per round, PNGs) or online (per batch, on the crop of the student)')
 
     def check(self):

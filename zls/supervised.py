@@ -11,7 +11,8 @@ from .config import RunConfig, Section, need, param
 from .data import LabeledSet, labeled_indices
 from .embeddings import class_embeddings
 from .splits import Split
-from .train import Round, evaluate_round, make_round, train
+from .train import Round, train
+from .train import evaluate_round as evaluate_round  # the shared evaluation is this method's
 
 # %% auto #0
 __all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'Config', 'class_matrix', 'label_round', 'train_round']

@@ -42,7 +42,8 @@ def augment(image: torch.Tensor, target: torch.Tensor, *, crop: int, scale=(0.5,
     tgt = TF.resize(tv_tensors.Mask(target[None]), size)
     ph, pw = max(0, crop - size[0]), max(0, crop - size[1])
     if ph or pw:
-        img = TF.pad(img, [0, 0, pw, ph], fill=0); tgt = TF.pad(tgt, [0, 0, pw, ph], fill=IGNORE_INDEX)
+        img = TF.pad(img, [0, 0, pw, ph], fill=0)
+        tgt = TF.pad(tgt, [0, 0, pw, ph], fill=IGNORE_INDEX)
     top, left = int(u() * (img.shape[-2] - crop + 1)), int(u() * (img.shape[-1] - crop + 1))
     img, tgt = TF.crop(img, top, left, crop, crop), TF.crop(tgt, top, left, crop, crop)
     if flip and u() < 0.5: img, tgt = TF.horizontal_flip(img), TF.horizontal_flip(tgt)
@@ -63,7 +64,8 @@ class StepBatches(Dataset):
     def __init__(self, dataset, *, batch_size: int, crop: int, seed: int, scale=(0.5, 1.5), flip: bool = True,
                  rank: int = 0, world: int = 1):
         if len(dataset) == 0: raise ValueError('the training dataset is empty: check its image list')
-        self.dataset, self.bs, self.crop, self.seed, self.scale, self.flip = dataset, batch_size, crop, seed, scale, flip
+        self.dataset, self.bs, self.crop = dataset, batch_size, crop
+        self.seed, self.scale, self.flip = seed, scale, flip
         self.positions = shard(batch_size, rank=rank, world=world)
     def __len__(self): return 2**62  # indexed by step; the sampler decides how many
     def __getitem__(self, step: int):
@@ -73,18 +75,22 @@ class StepBatches(Dataset):
             it = self.dataset[idx[i]]
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 1_009 + i)
             im, t = augment(it['image'], it['target'], crop=self.crop, scale=self.scale, flip=self.flip, generator=g)
-            imgs.append(im); tgts.append(t)
+            imgs.append(im)
+            tgts.append(t)
         return torch.stack(imgs), torch.stack(tgts).long()
 
 # %% ../nbs/13_train.ipynb #867477c6
 def zls_loss(logits: torch.Tensor, target: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
     "Pixel-averaged cross-entropy with the softmax over `classes` only (None: all classes)."
     if classes is None: return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
-    keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device); keep[classes.to(logits.device)] = True
+    keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+    keep[classes.to(logits.device)] = True
     t = target[target != IGNORE_INDEX]
     if t.numel() and not keep[t.clamp(max=len(keep) - 1)].all():
-        raise ValueError('zls_loss: a target pixel has a class outside `classes`; score all classes when pseudo-labels are present')
-    return F.cross_entropy(logits.masked_fill(~keep[None, :, None, None], float('-inf')), target, ignore_index=IGNORE_INDEX)
+        raise ValueError('zls_loss: a target pixel has a class outside `classes`; '
+                         'score all classes when pseudo-labels are present')
+    masked = logits.masked_fill(~keep[None, :, None, None], float('-inf'))
+    return F.cross_entropy(masked, target, ignore_index=IGNORE_INDEX)
 
 # %% ../nbs/13_train.ipynb #2e20c8f0
 def make_optimizer(model, *, name: str = 'sgd', lr: float = 2.5e-4, weight_decay: float = 5e-4,
@@ -201,7 +207,8 @@ def train(model, dataset, opts: TrainConfig, *, iters: int, seed: int, ckpt=None
     steps = StepBatches(dataset, batch_size=opts.batch_size, crop=opts.crop, seed=seed,
                         scale=(opts.scale_min, opts.scale_max), rank=rank(), world=world)
     batches = lambda start, end: DataLoader(steps, batch_size=None, sampler=range(start, end), num_workers=opts.workers)
-    amp = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else torch.autocast('cpu', enabled=False)
+    amp = (torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda'
+           else torch.autocast('cpu', enabled=False))
 
     def step(k, batch):
         x, y = normalize(batch[0].to(device, non_blocking=True)), batch[1].to(device, non_blocking=True)
@@ -217,9 +224,11 @@ def train(model, dataset, opts: TrainConfig, *, iters: int, seed: int, ckpt=None
 
 # %% ../nbs/13_train.ipynb #627180c9
 @torch.no_grad()
-def evaluate(model, dataset, split: Split, *, gammas=(0.0,), batch_size: int = 32, device=None, progress: bool = False) -> dict:
+def evaluate(model, dataset, split: Split, *, gammas=(0.0,), batch_size: int = 32, device=None,
+             progress: bool = False) -> dict:
     "Confusion matrices over `dataset` (items with `image` and raw `label`) for each calibration γ."
-    device = get_device(device); model.to(device).eval()
+    device = get_device(device)
+    model.to(device).eval()
     if world_size() > 1: dataset = Subset(dataset, shard(len(dataset)))
     cms = {g: ConfusionMatrix(split.n_classes) for g in gammas}
     for batch in tqdm(size_batches(dataset, batch_size), disable=not (progress and is_main()), desc='eval'):
