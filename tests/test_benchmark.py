@@ -33,10 +33,15 @@ def test_tiny_benchmark_through_papermill(tmp_path):
         assert by.loc[k, 'round'] == 2
     assert json.loads((root / 'self-training-s0' / 'run.json').read_text())['params']['views'] == 'identity'
     assert by[['seen', 'unseen', 'hIoU']].loc[['strict', 'supervised-full']].notna().all().all()
-    assert by.loc['fs4', 'round'] == 1 and by.loc['pseudoseg-1/8', 'round'] == 1
-    assert by.loc['supervised-1/8', 'round'] == 0
-    assert by.loc['kmeans', 'round'] == 0
-    assert by[['mIoU']].loc[['supervised-1/8', 'pseudoseg-1/8', 'kmeans', 'fs4']].notna().all().all()
+    assert by.loc['fs4', 'round'] == 1 and by.loc['kmeans', 'round'] == 0
+    semi = [f'{m}-{n}' for n in (16, 31, 250) for m in ('supervised', 'pseudoseg')]
+    semi += ['pseudoseg-31-decoder', 'pseudoseg-31-cam', 'pseudoseg-31-weak']
+    assert (by.loc[semi, 'round'] == 0).all()
+    assert by[['mIoU']].loc[semi + ['kmeans', 'fs4']].notna().all().all()
+    assert by.loc[[k for k in semi if k.startswith('pseudoseg')], 'pseudo_mIoU'].notna().all()
+    for n in (16, 31, 250):  # the step-matched baseline trains on PseudoSeg's labelled list
+        lists = [(root / f'{m}-{n}-s0' / 'round_0' / 'labeled.txt').read_text() for m in ('supervised', 'pseudoseg')]
+        assert lists[0] == lists[1]
     assert pd.isna(by.loc['fs4', 'unseen'])  # clusters have no seen/unseen split
     for f in ('benchmark.md', 'benchmark.png'): assert (root / f).exists(), f
     assert 'PseudoSeg' in (root / 'benchmark.md').read_text()
@@ -44,7 +49,7 @@ def test_tiny_benchmark_through_papermill(tmp_path):
 
 def test_named_configurations_run_on_shapes(tmp_path):
     "`zls run --config NAME` with the shipped shapes configurations: each method through the same driver."
-    for cfg, rounds in (('shapes-supervised', 0), ('shapes-pseudoseg', 1)):
+    for cfg, rounds in (('shapes-supervised', 0), ('shapes-pseudoseg', 0)):
         sets = [a for k, v in dict(TINY, data_root=str(tmp_path / 'data')).items() for a in ('--set', f'{k}={v}')]
         res = subprocess.run([ZLS, 'run', '--config', cfg, '--out', str(tmp_path), '--no-report', *sets],
                              capture_output=True, text=True)

@@ -18,8 +18,9 @@ from .train import round_dir
 from .report import rounds_table
 
 # %% auto #0
-__all__ = ['ZERO', 'SEMI', 'UNSUP', 'SEMI_P', 'ENTRIES', 'METRICS', 'Entry', 'round0_identity', 'param_diff', 'adopt_rounds',
-           'branch_round0', 'run_name', 'run_benchmark', 'benchmark_rows', 'benchmark_table', 'plot_benchmark']
+__all__ = ['ZERO', 'UNSUP', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'ENTRIES', 'METRICS', 'Entry', 'semi', 'pick',
+           'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0', 'run_name', 'run_benchmark',
+           'benchmark_rows', 'benchmark_table', 'plot_benchmark']
 
 # %% ../nbs/22_benchmark.ipynb #fc1cb0da
 @dataclass
@@ -34,8 +35,16 @@ class Entry:
     branch: str | None = None  # the entry whose finished round 0 this run starts from
     reads: str | None = None  # report a round of another entry's run instead of running one
 
-ZERO, SEMI, UNSUP = 'zero-label (12 seen / 4 unseen)', 'semi-supervised (1/8 labelled)', 'unsupervised (no labels)'
-SEMI_P = dict(background='seen', label_fraction=0.125)
+ZERO, UNSUP = 'zero-label (12 seen / 4 unseen)', 'unsupervised (no labels)'
+SEMI_COUNTS = (16, 31, 250)  # labelled images of the 2,000: about 1/125, 1/64 and 1/8
+SEMI = {n: f'semi-supervised, {n} labelled' for n in SEMI_COUNTS}
+ABLATION = 'PseudoSeg ablations, 31 labelled'
+SHAPES_STRONG = dict(ps_brightness=0.15, ps_contrast=0.15, ps_saturation=0.15, ps_hue=0.02, ps_noise=8.0, ps_blur=0.5)
+
+def semi(n: int, **params) -> dict:
+    "Parameters of a semi-supervised entry with `n` of the 2,000 `shapes` training images labelled."
+    return dict(background='seen', label_fraction=n / 2000, **params)
+
 ENTRIES = (
     Entry('spnet', 'SPNet baseline (round 0)', ZERO, reads='strict', report_round=0),
     Entry('self-training', 'self-training, no consistency (identity view)', ZERO, dict(views='identity'), 2,
@@ -43,12 +52,29 @@ ENTRIES = (
     Entry('strict', 'STRICT (intersection of views)', ZERO, dict(), 2),
     Entry('strict-top-p', 'STRICT + top-p 25%', ZERO, dict(top_p=25.0), 2, branch='strict'),
     Entry('supervised-full', 'fully supervised (upper bound)', ZERO, dict(method='supervised', label_fraction=1.0), 0),
-    Entry('supervised-1/8', 'supervised on 1/8 only (PseudoSeg round 0)', SEMI, reads='pseudoseg-1/8', report_round=0),
-    Entry('pseudoseg-1/8', 'PseudoSeg, 1/8 labelled (round 1)', SEMI,
-          dict(method='pseudoseg', ps_jitter=0.0, **SEMI_P), 1),
+    *(e for n in SEMI_COUNTS for e in (
+        Entry(f'supervised-{n}', f'supervised only, {n} labelled (step-matched)', SEMI[n],
+              semi(n, method='supervised'), 0),
+        Entry(f'pseudoseg-{n}', f'PseudoSeg, {n} labelled', SEMI[n], semi(n, method='pseudoseg', **SHAPES_STRONG), 0))),
+    Entry('pseudoseg-31-decoder', 'PseudoSeg, decoder pseudo-labels only', ABLATION,
+          semi(31, method='pseudoseg', ps_source='decoder', **SHAPES_STRONG), 0),
+    Entry('pseudoseg-31-cam', 'PseudoSeg, CAM pseudo-labels only', ABLATION,
+          semi(31, method='pseudoseg', ps_source='cam', **SHAPES_STRONG), 0),
+    Entry('pseudoseg-31-weak', 'PseudoSeg, no strong view', ABLATION,
+          semi(31, method='pseudoseg', ps_strong=False, **SHAPES_STRONG), 0),
     Entry('kmeans', 'k-means on random-init features', UNSUP, reads='fs4', report_round=0),
     Entry('fs4', 'FS^4 (round 1)', UNSUP, dict(method='fs4'), 1),
 )
+
+def pick(keys: str, entries=ENTRIES) -> tuple[Entry, ...]:
+    "The entries named in a comma list (with the entries they read or branch from), or all for ''."
+    if not keys: return tuple(entries)
+    want = {k.strip() for k in keys.split(',') if k.strip()}
+    by_key = {e.key: e for e in entries}
+    unknown = sorted(want - set(by_key))
+    if unknown: raise ValueError(f'unknown benchmark entries {unknown}; valid: {", ".join(by_key)}')
+    need_ = want | {by_key[k].reads or by_key[k].branch for k in want} - {None}
+    return tuple(e for e in entries if e.key in need_)
 
 # %% ../nbs/22_benchmark.ipynb #2c01af54
 def round0_identity(cfg: RunConfig) -> dict:
@@ -120,13 +146,15 @@ def benchmark_rows(root, seeds, *, entries=ENTRIES) -> pd.DataFrame:
             k = t.index[e.report_round] if e.report_round < 0 else e.report_round
             r = t.loc[k]
             minutes = t.loc[:k, 'minutes'].sum()
+            m = json.loads((round_dir(Path(root) / run_name(src, seed), int(k)) / 'metrics.json').read_text())
+            pseudo = m.get('pseudo_train', {})  # PseudoSeg: its pseudo-labels on unlabeled training images
             rows.append(dict(setting=e.setting, method=e.label, key=e.key, seed=seed, round=int(k), seen=r['seen'],
                              unseen=r['unseen'], hIoU=r['hIoU'], mIoU=r['mIoU'], pixel_acc=r['pixel_acc'],
-                             minutes=minutes))
+                             pseudo_mIoU=pseudo.get('pseudo_mIoU', np.nan), minutes=minutes))
     return pd.DataFrame(rows)
 
 # %% ../nbs/22_benchmark.ipynb #452f7fb8
-METRICS = ('seen', 'unseen', 'hIoU', 'mIoU', 'pixel_acc')
+METRICS = ('seen', 'unseen', 'hIoU', 'mIoU', 'pixel_acc', 'pseudo_mIoU')
 
 def benchmark_table(rows: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
     "'mean ± std' per entry over seeds, in benchmark order, with the round reported and minutes per run."
@@ -143,7 +171,8 @@ def benchmark_table(rows: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
 
 def plot_benchmark(rows: pd.DataFrame):
     "One panel per setting: its headline metric per method, mean and std over seeds."
-    head = {ZERO: ['seen', 'unseen', 'hIoU'], SEMI: ['mIoU'], UNSUP: ['mIoU', 'pixel_acc']}
+    head = {ZERO: ['seen', 'unseen', 'hIoU'], UNSUP: ['mIoU', 'pixel_acc'], ABLATION: ['mIoU'],
+            **{s: ['mIoU'] for s in SEMI.values()}}
     settings = [s for s in dict.fromkeys(rows['setting']) if s in head]
     fig, axs = plt.subplots(1, len(settings), figsize=(4.5 * len(settings), 3.6), squeeze=False)
     for ax, s in zip(axs[0], settings):

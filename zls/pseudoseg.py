@@ -12,23 +12,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
-from . import supervised
 from .config import Section, TrainConfig, need, param
 from .core import IGNORE_INDEX, get_device
 from .data import LabeledSet, labeled_indices
-from .datasets import normalize
+from .datasets import normalize, size_batches
 from .distributed import world_size
+from .metrics import ConfusionMatrix, summarize
 from .model import Segmenter
 from .splits import Split
-from .supervised import class_matrix  # noqa: F401 (interface: the class-name embeddings, as supervised)
-from .train import Round, StepBatches, fit, make_optimizer, poly_schedule
-from .train import evaluate_round  # noqa: F401 (interface: the shared evaluation)
+from .supervised import class_matrix as class_matrix  # the class-name embeddings, as supervised's
+from .train import Round, StepBatches, evaluate_round as evaluate_segmenter, fit, load_checkpoint
+from .train import make_optimizer, model_from_checkpoint, poly_schedule, write_metrics
 
 # %% auto #0
-__all__ = ['SOURCES', 'JITTER', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'grad_cam', 'linear_cam', 'image_labels',
-           'PseudoSegNet', 'rms', 'sharpen', 'fuse', 'strong_view', 'soft_cross_entropy', 'bn_stats_frozen',
-           'rampup_weight', 'unlabeled_targets', 'ImageLabeledSet', 'Config', 'labeled_loss', 'weak_pseudo_labels',
-           'train_pseudoseg', 'label_round', 'train_round']
+__all__ = ['SOURCES', 'JITTER', 'STUDENT_NORMS', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'grad_cam', 'linear_cam',
+           'image_labels', 'PseudoSegNet', 'global_rms', 'sharpen', 'fuse', 'strong_view', 'soft_cross_entropy',
+           'bn_stats_frozen', 'rampup_weight', 'unlabeled_targets', 'ImageLabeledSet', 'Config', 'labeled_loss',
+           'weak_pseudo_labels', 'train_pseudoseg', 'label_round', 'train_round', 'pseudo_scores', 'evaluate_round']
 
 # %% ../nbs/17_pseudoseg.ipynb #95814907
 def grad_cam(feats: torch.Tensor, scorer) -> torch.Tensor:
@@ -77,7 +77,8 @@ class PseudoSegNet(nn.Module):
 
     def refine(self, feats: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
         "Self-attention refinement `attention · cam + cam` over the positions of `feats`."
-        q, k = self.query(feats).flatten(2), self.key(feats).flatten(2)  # (B, d, N)
+        f = feats.detach()  # the public code's stop-gradient: the attention does not train the backbone
+        q, k = self.query(f).flatten(2), self.key(f).flatten(2)  # (B, d, N)
         attn = torch.softmax(q.transpose(1, 2) @ k / q.shape[1] ** 0.5, dim=-1)  # (B, N, N)
         return (cam.flatten(2) @ attn.transpose(1, 2)).view_as(cam) + cam
 
@@ -109,9 +110,9 @@ def _feature_channels(seg: Segmenter) -> int:
 # %% ../nbs/17_pseudoseg.ipynb #101584cb
 SOURCES = ('fusion', 'decoder', 'cam')
 
-def rms(logits: torch.Tensor) -> torch.Tensor:
-    "Per-pixel root-mean-square over the class dimension of (B, C, H, W) logits, kept as (B, 1, H, W)."
-    return logits.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-6)
+def global_rms(*maps: torch.Tensor) -> torch.Tensor:
+    "One scalar: the root mean square of every value of `maps` (the whole batch, every pixel and class)."
+    return torch.cat([m.flatten() for m in maps]).pow(2).mean().add(1e-8).sqrt()
 
 def sharpen(p: torch.Tensor, T: float = 0.5, *, dim: int = 1) -> torch.Tensor:
     "Temperature sharpening `p^(1/T)` renormalised along `dim`."
@@ -120,36 +121,39 @@ def sharpen(p: torch.Tensor, T: float = 0.5, *, dim: int = 1) -> torch.Tensor:
     return q / q.sum(dim, keepdim=True)
 
 def fuse(decoder: torch.Tensor, cam_logits: torch.Tensor | None = None, *, source: str = 'fusion',
-         T: float = 0.5) -> torch.Tensor:
-    "PseudoSeg's soft pseudo-label (B, C, H, W): shared RMS normaliser, mean of the sources' softmaxes, sharpened."
+         T: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    "PseudoSeg's soft pseudo-label (B, C, H, W) and the shared normaliser: mean of the sources' softmaxes, sharpened."
     if source not in SOURCES: raise ValueError(f'ps_source must be one of {SOURCES}, got {source!r}')
     maps = {'fusion': [decoder, cam_logits], 'decoder': [decoder], 'cam': [cam_logits]}[source]
     if any(m is None for m in maps): raise ValueError(f"ps_source={source!r} needs the CAM logits")
-    norm = rms(torch.cat(maps, 1))
+    norm = global_rms(*maps)
     p = torch.stack([torch.softmax(m / norm, 1) for m in maps]).mean(0)
-    return sharpen(p, T)
+    return sharpen(p, T), norm
 
 # %% ../nbs/17_pseudoseg.ipynb #1f3e8de3
 JITTER = (0.5, 0.5, 0.5, 0.25)  # brightness, contrast, saturation, hue: PseudoSeg's strong colour jitter
 
-def strong_view(images: torch.Tensor, *, generator: torch.Generator, cutout: float = 0.5,
-                jitter: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    "Colour-jittered uint8 images (B, 3, H, W) with one cutout box each, and the (B, H, W) mask of kept pixels."
-    if not 0 <= jitter <= 2:
-        raise ValueError(f'ps_jitter (a factor on the jitter strengths {JITTER}) must be in [0, 2], got {jitter}')
-    bs, cs, ss, hs = (j * jitter for j in JITTER)
+def strong_view(images: torch.Tensor, *, generator: torch.Generator, cutout: float = 0.5, brightness: float = 0.5,
+                contrast: float = 0.5, saturation: float = 0.5, hue: float = 0.25, noise: float = 0.0,
+                blur: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    "Appearance-jittered uint8 images (B, 3, H, W) with one cutout box each, and the (B, H, W) mask of kept pixels."
     B, _, H, W = images.shape
     out, keep = images.clone(), torch.ones(B, H, W, dtype=torch.bool)
     u = lambda n=1: torch.rand(n, generator=generator)
+    jitter = (brightness, contrast, saturation, hue) != (0, 0, 0, 0)
     for b in range(B):
         im = out[b]
         if jitter:
-            b_, c_, s_ = (1 + (u(3) * 2 - 1) * torch.tensor([bs, cs, ss])).tolist()
-            h_ = ((u() * 2 - 1) * min(hs, 0.5)).item()
+            b_, c_, s_ = (1 + (u(3) * 2 - 1) * torch.tensor([brightness, contrast, saturation])).tolist()
+            h_ = ((u() * 2 - 1) * min(hue, 0.5)).item()
             ops = [lambda t: TF.adjust_brightness(t, b_), lambda t: TF.adjust_contrast(t, c_),
                    lambda t: TF.adjust_saturation(t, s_), lambda t: TF.adjust_hue(t, h_)]
             for fn in ops[::1 if u() < 0.5 else -1]:  # one draw decides the order of the four
                 im = fn(im)
+        if blur > 0 and u().item() < blur:
+            im = TF.gaussian_blur(im, [3, 3], [0.1 + 0.9 * u().item()])
+        if noise > 0:
+            im = (im.float() + noise * torch.randn(im.shape, generator=generator)).round().clamp(0, 255).to(torch.uint8)
         if cutout > 0:
             ch, cw = max(1, int(H * cutout * u().item())), max(1, int(W * cutout * u().item()))
             y0, x0 = int(u().item() * (H - ch + 1)), int(u().item() * (W - cw + 1))
@@ -195,33 +199,55 @@ class ImageLabeledSet(LabeledSet):
     def hidden_targets(self, xu, yu): return yu
 
 # %% ../nbs/17_pseudoseg.ipynb #ce201e21
+STUDENT_NORMS = ('shared', 'none')
+
 @dataclass
 class Config(Section):
-    "PseudoSeg: the labelled fraction, the pseudo-labels' source and sharpening, the strong view, the unlabeled loss."
-    label_fraction: float = param(1.0, 'fraction of the labelled pool with labels, e.g. 0.125; round 0 trains on '
-                                       'them alone')
+    "PseudoSeg: labelled fraction, warm-up, the pseudo-labels' source and sharpening, the strong view, the loss."
+    label_fraction: float = param(1.0, 'fraction of the labelled pool with labels, e.g. 0.125')
     label_seed: int = param(0, 'seed of the labelled list')
+    ps_warmup: float = param(0.3, 'fraction of the steps trained on the labelled images alone before PseudoSeg')
     ps_source: str = param('fusion', 'pseudo-labels from fusion, decoder or cam')
     ps_T: float = param(0.5, 'sharpening temperature')
-    ps_strong: bool = param(True, 'strong view (colour jitter and cutout); False uses the weak view')
+    ps_student_norm: str = param('shared', "strong-view logits divided by the target's normaliser (shared) or raw")
+    ps_strong: bool = param(True, 'strong view (appearance jitter and cutout); False uses the weak view')
     ps_cutout: float = param(0.5, 'largest cutout side as a fraction of the crop')
-    ps_jitter: float = param(1.0, "factor on the strong colour jitter, 1 is the paper's; 0 where colour defines the "
-                                  'class as on shapes')
+    ps_brightness: float = param(0.5, "strong view's brightness jitter (factor 1 +- this); the paper's 0.5")
+    ps_contrast: float = param(0.5, "strong view's contrast jitter; the paper's 0.5")
+    ps_saturation: float = param(0.5, "strong view's saturation jitter; the paper's 0.5")
+    ps_hue: float = param(0.25, "strong view's largest hue shift, in turns; the paper's 0.25, ~0 where colour is class")
+    ps_noise: float = param(0.0, "strong view's Gaussian noise std, in 0..255 units")
+    ps_blur: float = param(0.0, 'probability of a 3x3 Gaussian blur in the strong view')
     ps_weight: float = param(1.0, 'weight of the unlabeled loss')
-    ps_rampup: int = param(0, 'steps over which the unlabeled weight rises from 0 along a sigmoid ramp; 0 is off')
+    ps_rampup: int = param(0, 'steps after the warm-up over which the unlabeled weight rises along a sigmoid; 0 off')
     ps_image_labels: bool = param(False, 'weakly supervised variant that takes CAM classes from true image labels')
     ps_unlabeled_batch: int = param(0, 'unlabeled images per step; 0 means batch_size')
+    ps_eval_images: int = param(300, 'unlabeled training images on which pseudo-labels are scored (hidden truth)')
 
     def check(self):
         need('label_fraction', self.label_fraction, 0 < self.label_fraction <= 1, 'a fraction in (0, 1], e.g. 0.125')
+        need('ps_warmup', self.ps_warmup, 0 <= self.ps_warmup < 1, 'a fraction of the steps in [0, 1)')
         need('ps_source', self.ps_source, self.ps_source in SOURCES, f"one of {', '.join(SOURCES)}")
         need('ps_T', self.ps_T, self.ps_T > 0, 'a sharpening temperature > 0')
+        need('ps_student_norm', self.ps_student_norm, self.ps_student_norm in STUDENT_NORMS,
+             f"one of {', '.join(STUDENT_NORMS)}")
         need('ps_cutout', self.ps_cutout, 0 <= self.ps_cutout <= 1, 'a fraction of the crop in [0, 1]')
-        need('ps_jitter', self.ps_jitter, 0 <= self.ps_jitter <= 2, f'a factor in [0, 2] on the strengths {JITTER}')
+        for n in ('ps_brightness', 'ps_contrast', 'ps_saturation'):
+            need(n, getattr(self, n), 0 <= getattr(self, n) < 1, 'a jitter strength in [0, 1)')
+        need('ps_hue', self.ps_hue, 0 <= self.ps_hue <= 0.5, 'a hue shift in [0, 0.5]')
+        need('ps_noise', self.ps_noise, self.ps_noise >= 0, 'a noise std >= 0 (0..255 units)')
+        need('ps_blur', self.ps_blur, 0 <= self.ps_blur <= 1, 'a probability in [0, 1]')
         need('ps_weight', self.ps_weight, self.ps_weight >= 0, 'a weight >= 0')
         need('ps_rampup', self.ps_rampup, self.ps_rampup >= 0, 'a number of steps >= 0 (0: no ramp)')
         need('ps_unlabeled_batch', self.ps_unlabeled_batch, self.ps_unlabeled_batch >= 0,
              'an int >= 0 (0: batch_size)')
+        need('ps_eval_images', self.ps_eval_images, self.ps_eval_images >= 0, 'an int >= 0 (0: not scored)')
+
+    def strong(self) -> dict:
+        "`strong_view`'s keyword arguments (no change at all when `ps_strong` is off)."
+        if not self.ps_strong: return dict(cutout=0.0, brightness=0, contrast=0, saturation=0, hue=0)
+        return dict(cutout=self.ps_cutout, brightness=self.ps_brightness, contrast=self.ps_contrast,
+                    saturation=self.ps_saturation, hue=self.ps_hue, noise=self.ps_noise, blur=self.ps_blur)
 
 # %% ../nbs/17_pseudoseg.ipynb #b51d0e6a
 def labeled_loss(net: PseudoSegNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -235,13 +261,13 @@ def labeled_loss(net: PseudoSegNet, x: torch.Tensor, y: torch.Tensor) -> torch.T
 
 @torch.no_grad()
 def weak_pseudo_labels(net: PseudoSegNet, x: torch.Tensor, *, present: torch.Tensor | None = None,
-                       source: str = 'fusion', T: float = 0.5) -> torch.Tensor:
-    "The fused soft pseudo-labels of a weak view, the network in eval mode without gradient (training mode after)."
+                       source: str = 'fusion', T: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    "The fused soft pseudo-labels of a weak view and their normaliser, in eval mode without gradient."
+    was = net.training
     net.eval()
     wb = net.branches(x, present=present)
-    pseudo = fuse(wb['decoder'], wb['cam_logits'], source=source, T=T)
-    net.train()
-    return pseudo
+    net.train(was)
+    return fuse(wb['decoder'], wb['cam_logits'], source=source, T=T)
 
 # %% ../nbs/17_pseudoseg.ipynb #240c615f
 def train_pseudoseg(net: PseudoSegNet, labeled, unlabeled, opts: TrainConfig, ps: Config, *, iters: int, seed: int,
@@ -260,51 +286,89 @@ def train_pseudoseg(net: PseudoSegNet, labeled, unlabeled, opts: TrainConfig, ps
     streams = (StepBatches(labeled, batch_size=opts.batch_size, crop=opts.crop, seed=seed, scale=scale),
                StepBatches(unlabeled, batch_size=ps.ps_unlabeled_batch or opts.batch_size, crop=opts.crop,
                            seed=seed + 7919, scale=scale))
-    # each loader draws its base seed from the global RNG when iterated: labelled first, then unlabeled
     batches = lambda start, end: zip(*[DataLoader(s, batch_size=None, sampler=range(start, end)) for s in streams])
-    cutout, jitter = (ps.ps_cutout, ps.ps_jitter) if ps.ps_strong else (0.0, 0.0)
+    warm, strong = round(ps.ps_warmup * iters), ps.strong()
 
     def step(k, batch):
         (xl, yl), (xu, yu) = batch
-        yl, valid = yl.to(device), (yu != IGNORE_INDEX).to(device)  # padding of the unlabeled crops takes no loss
-        sup = labeled_loss(net, normalize(xl.to(device)), yl)
+        sup = labeled_loss(net, normalize(xl.to(device)), yl.to(device))
+        if k < warm: return sup, dict(sup=sup.item(), unsup=0.0, pseudo_conf=0.0)  # labelled steps only
+        valid = (yu != IGNORE_INDEX).to(device)  # padding of the unlabeled crops takes no loss
         given = None  # CAM classes from the classifier, or from the image labels in the weak variant
         if ps.ps_image_labels: given = image_labels(unlabeled_targets(unlabeled, xu, yu), net.n_classes, net.bg_idx)
-        pseudo = weak_pseudo_labels(net, normalize(xu.to(device)), present=given, source=ps.ps_source, T=ps.ps_T)
+        pseudo, norm = weak_pseudo_labels(net, normalize(xu.to(device)), present=given, source=ps.ps_source, T=ps.ps_T)
         g = torch.Generator().manual_seed((seed * 1_000_003 + k) * 31 + 17)
-        xs, keep = strong_view(xu, generator=g, cutout=cutout, jitter=jitter)
+        xs, keep = strong_view(xu, generator=g, **strong)
         with bn_stats_frozen(net):
             student = net(normalize(xs.to(device)))
-        unsup = soft_cross_entropy(student / rms(student).detach(), pseudo, keep.to(device) & valid)
-        loss = sup + ps.ps_weight * rampup_weight(k, ps.ps_rampup) * unsup
+        if ps.ps_student_norm == 'shared': student = student / norm
+        unsup = soft_cross_entropy(student, pseudo, keep.to(device) & valid)
+        loss = sup + ps.ps_weight * rampup_weight(k - warm, ps.ps_rampup) * unsup
         return loss, dict(sup=sup.item(), unsup=unsup.item(), pseudo_conf=pseudo.amax(1).mean().item())
 
     return fit(net, batches, step, optimizer=opt, scheduler=sch, iters=iters, ckpt=ckpt, ckpt_every=opts.ckpt_every,
                log_every=opts.log_every, meta=meta, progress=progress, stop_at=stop_at, desc='pseudoseg')
 
 # %% ../nbs/17_pseudoseg.ipynb #3e9b7c20
-ROUNDS = 1  # round 0 supervised, round 1 PseudoSeg
-MAX_ROUNDS = 1
+ROUNDS = 0  # one round: warm-up, then PseudoSeg
+MAX_ROUNDS = 0
 MULTI_PROCESS = False  # train_pseudoseg runs in one process
-ROUND0_OPTS = ('label_fraction', 'label_seed')  # round 0 is zls.supervised's
+ROUND0_OPTS = tuple(n for n in Config.names())  # its one round reads every option
 
 def label_round(r: Round) -> None:
     "Nothing to label offline: the pseudo-labels are made per batch."
     return None
 
-def train_round(r: Round) -> dict:
-    "Round 0: the supervised baseline; round 1: PseudoSeg from it (`labeled.txt` records the labelled list)."
-    if r.k == 0: return supervised.train_round(r)
-    t0, ps, tc = time.time(), r.opts, r.cfg.train
+def _sets(r: Round) -> tuple[LabeledSet, LabeledSet]:
+    "The labelled and unlabeled training sets of a round (`labeled.txt` records the labelled list)."
+    ps = r.opts
     lab, unl = labeled_indices(r.train_set, ps.label_fraction, seed=ps.label_seed, record=r.dir / 'labeled.txt')
     if not unl:
         raise ValueError(f'label_fraction={ps.label_fraction} leaves no unlabeled image for PseudoSeg; '
                          'use method=supervised for that')
     unl_set = (ImageLabeledSet(r.train_set, r.split, unl) if ps.ps_image_labels
                else LabeledSet(r.train_set, r.split, unl, labeled=False))
-    net = PseudoSegNet(r.student, bg_idx=r.split.bg_idx)  # its new layers draw from the RNG make_round seeded
-    # batches from `seed` itself, not `seed + 1000 k` as the other methods' rounds: PseudoSeg's round 1 always did
-    out = train_pseudoseg(net, LabeledSet(r.train_set, r.split, lab), unl_set, tc, ps, iters=tc.iters, seed=tc.seed,
-                          ckpt=r.ckpt, meta=r.meta(model_args=net.model_args))
+    return LabeledSet(r.train_set, r.split, lab), unl_set
+
+def train_round(r: Round) -> dict:
+    "Train PseudoSeg from scratch (after its labelled warm-up) for `iters0` steps; resumes via its checkpoint."
+    t0, tc = time.time(), r.cfg.train
+    lab, unl = _sets(r)
+    net = PseudoSegNet(r.student, bg_idx=r.split.bg_idx)
+    out = train_pseudoseg(net, lab, unl, tc, r.opts, iters=tc.iters0, seed=tc.seed + 1000 * r.k, ckpt=r.ckpt,
+                          meta=r.meta(model_args=net.model_args))
     r.times['train_s'] = round(time.time() - t0, 1)
     return out
+
+# %% ../nbs/17_pseudoseg.ipynb #0ddee0f9
+@torch.no_grad()
+def pseudo_scores(net: PseudoSegNet, dataset, split: Split, ps: Config, *, batch_size: int = 64, device=None) -> dict:
+    "mIoU and pixel accuracy (percent) of the weak-view fused pseudo-labels and of the predictions on `dataset`."
+    device = get_device(device)
+    net.to(device).eval()
+    cms = {k: ConfusionMatrix(split.n_classes) for k in ('pseudo', 'prediction')}
+    for batch in size_batches(dataset, batch_size):
+        x = normalize(torch.stack([b['image'] for b in batch]).to(device))
+        truth = split.encode(torch.stack([b['label'] for b in batch]).to(device), train=False)
+        pseudo, _ = weak_pseudo_labels(net, x, source=ps.ps_source, T=ps.ps_T)
+        cms['pseudo'].update(pseudo.argmax(1), truth)
+        cms['prediction'].update(net(x).argmax(1), truth)
+    out = {}
+    for k, cm in cms.items():
+        sc = summarize(cm.mat, split)
+        out.update({f'{k}_mIoU': sc['mIoU'], f'{k}_pixel_acc': sc['pixel_acc']})
+    return dict(out, n_images=len(dataset))
+
+def evaluate_round(r: Round) -> dict:
+    "The shared evaluation, plus the pseudo-labels' and predictions' scores on unlabeled training images."
+    res = evaluate_segmenter(r)
+    ps = r.opts
+    if ps.ps_eval_images:
+        ck = load_checkpoint(r.ckpt)
+        net = PseudoSegNet(model_from_checkpoint(ck), **ck['meta']['model_args']['pseudoseg'])
+        net.load_state_dict(ck['model'])
+        _, unl = _sets(r)
+        held = LabeledSet(r.train_set, r.split, unl.indices[:ps.ps_eval_images])
+        res['pseudo_train'] = pseudo_scores(net, held, r.split, ps, batch_size=r.cfg.eval.eval_batch, device=r.device)
+        write_metrics(r, res)
+    return res
