@@ -199,17 +199,18 @@ class ImageLabeledSet(LabeledSet):
     def hidden_targets(self, xu, yu): return yu
 
 # %% ../nbs/17_pseudoseg.ipynb #ce201e21
-STUDENT_NORMS = ('shared', 'none')
+STUDENT_NORMS = ('none', 'shared')
 
 @dataclass
 class Config(Section):
     "PseudoSeg: labelled fraction, warm-up, the pseudo-labels' source and sharpening, the strong view, the loss."
     label_fraction: float = param(1.0, 'fraction of the labelled pool with labels, e.g. 0.125')
     label_seed: int = param(0, 'seed of the labelled list')
-    ps_warmup: float = param(0.3, 'fraction of the steps trained on the labelled images alone before PseudoSeg')
+    ps_warmup: float = param(0.5, 'fraction of the steps trained on the labelled images alone before PseudoSeg')
     ps_source: str = param('fusion', 'pseudo-labels from fusion, decoder or cam')
     ps_T: float = param(0.5, 'sharpening temperature')
-    ps_student_norm: str = param('shared', "strong-view logits divided by the target's normaliser (shared) or raw")
+    ps_student_norm: str = param('none', "strong-view logits raw (none, the public code's) or divided by the target's "
+                                         'normaliser (shared)')
     ps_strong: bool = param(True, 'strong view (appearance jitter and cutout); False uses the weak view')
     ps_cutout: float = param(0.5, 'largest cutout side as a fraction of the crop')
     ps_brightness: float = param(0.5, "strong view's brightness jitter (factor 1 +- this); the paper's 0.5")
@@ -340,7 +341,7 @@ def train_round(r: Round) -> dict:
     r.times['train_s'] = round(time.time() - t0, 1)
     return out
 
-# %% ../nbs/17_pseudoseg.ipynb #0ddee0f9
+# %% ../nbs/17_pseudoseg.ipynb #f1de4f7d
 @torch.no_grad()
 def pseudo_scores(net: PseudoSegNet, dataset, split: Split, ps: Config, *, batch_size: int = 64, device=None) -> dict:
     "mIoU and pixel accuracy (percent) of the weak-view fused pseudo-labels and of the predictions on `dataset`."
