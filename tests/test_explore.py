@@ -45,6 +45,15 @@ def test_not_a_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=not_a_run): Explorer(tmp_path)
 
 
+def test_a_run_of_another_method_opens(tmp_path):
+    "A PseudoSeg run (no STRICT labeler in its configuration) opens: predictions and IoU, no saved pseudo-labels."
+    run = make_run(tmp_path / 'ps', rounds=0, data_root=str(tmp_path / 'data'), method='pseudoseg', background='seen',
+                   label_fraction=0.25, ps_eval_images=0)
+    ex = Explorer(run, device='cpu')
+    assert ex.rounds == [0] and ex.maps['prediction'] is not None and ex.iou is not None
+    assert ex.maps['pseudo'] is None and 'background' in ex.split.names
+
+
 def test_round_0_only_and_missing_generator(tiny_run, tmp_path):
     "A run stopped after round 0 opens with notes; a round whose generator was deleted says so."
     only0 = tmp_path / 'only0'

@@ -175,7 +175,8 @@ class Explorer:
         self.colors = class_colors(self.split)
         self.device, self.alpha, self.panel_px = get_device(device), alpha, panel_px
         self.datasets = dict(zip(('train', 'val'), build_datasets(DataConfig.pick(self.params))))
-        self.run_views = check_views(parse_views(self.params['views']))
+        # a run without STRICT's labeler (another method) starts the live labeler at STRICT's defaults
+        self.run_views = check_views(parse_views(self.params.get('views', 'default')))
         self.all_views = check_views(DEFAULT_VIEWS + self.run_views)  # every view offered; the run's own ticked
         self._models, self._preds, self._logits, self._iou_png = {}, OrderedDict(), OrderedDict(), OrderedDict()
         self.maps, self.notes, self.rgb = {}, {}, {}
@@ -214,7 +215,7 @@ class Explorer:
             w.observe(self._changed, names='value')
         self.w_name.observe(self._named, names='value')
         self.show(image_set=image_set, index=index, k=self.rounds[-1] if k is None else k, cls=cls,
-                  top_p=self.params['top_p'] if top_p is None else top_p, min_prob=min_prob,
+                  top_p=self.params.get('top_p', 100.0) if top_p is None else top_p, min_prob=min_prob,
                   views=self.run_views if views is None else views)
 
     image_set = property(lambda self: self.w_set.value, doc='train or val')
@@ -325,7 +326,8 @@ def saved_pseudo(self: Explorer) -> tuple[np.ndarray | None, str]:
         return None, 'pseudo-labels are made for training images only; the live ones below label this one.'
     pdir = round_dir(self.run_dir, self.k) / 'pseudo'
     if not pdir.is_dir():
-        return None, (f'{pdir} does not exist: this run (labeling={self.params["labeling"]!r}) saved no pseudo-labels '
+        labeling = self.params.get('labeling')
+        return None, (f'{pdir} does not exist: this run (labeling={labeling!r}) saved no pseudo-labels '
                       f'for round {self.k} (online labels are made per training batch and never written).')
     png = pdir / f"{self.item()['name']}.png"
     if not png.is_file(): return None, f'no saved map {png}: the labeling of round {self.k} did not finish.'
