@@ -21,8 +21,8 @@ from .metrics import ConfusionMatrix, summarize
 from .model import Segmenter
 from .splits import Split
 from .supervised import class_matrix as class_matrix  # the class-name embeddings, as supervised's
-from .train import Round, StepBatches, evaluate_round as evaluate_segmenter, fit, load_checkpoint
-from .train import make_optimizer, model_from_checkpoint, poly_schedule, write_metrics
+from .train import Round, StepBatches, evaluate_round as evaluate_segmenter, fit
+from .train import make_optimizer, model_from_checkpoint, poly_schedule
 
 # %% auto #0
 __all__ = ['SOURCES', 'JITTER', 'STUDENT_NORMS', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'grad_cam', 'linear_cam',
@@ -341,7 +341,7 @@ def train_round(r: Round) -> dict:
     r.times['train_s'] = round(time.time() - t0, 1)
     return out
 
-# %% ../nbs/17_pseudoseg.ipynb #f1de4f7d
+# %% ../nbs/17_pseudoseg.ipynb #e3656e1d
 @torch.no_grad()
 def pseudo_scores(net: PseudoSegNet, dataset, split: Split, ps: Config, *, batch_size: int = 64, device=None) -> dict:
     "mIoU and pixel accuracy (percent) of the weak-view fused pseudo-labels and of the predictions on `dataset`."
@@ -360,16 +360,16 @@ def pseudo_scores(net: PseudoSegNet, dataset, split: Split, ps: Config, *, batch
         out.update({f'{k}_mIoU': sc['mIoU'], f'{k}_pixel_acc': sc['pixel_acc']})
     return dict(out, n_images=len(dataset))
 
+def _pseudo_train(r: Round, ck: dict) -> dict:
+    "`pseudo_train`: the checkpoint's pseudo-labels and predictions on the first `ps_eval_images` unlabeled images."
+    ps = r.opts
+    if not ps.ps_eval_images: return {}
+    net = PseudoSegNet(model_from_checkpoint(ck), **ck['meta']['model_args']['pseudoseg'])
+    net.load_state_dict(ck['model'])
+    _, unl = labeled_indices(r.train_set, ps.label_fraction, seed=ps.label_seed)
+    held = LabeledSet(r.train_set, r.split, unl[:ps.ps_eval_images])
+    return dict(pseudo_train=pseudo_scores(net, held, r.split, ps, batch_size=r.cfg.eval.eval_batch, device=r.device))
+
 def evaluate_round(r: Round) -> dict:
     "The shared evaluation, plus the pseudo-labels' and predictions' scores on unlabeled training images."
-    res = evaluate_segmenter(r)
-    ps = r.opts
-    if ps.ps_eval_images:
-        ck = load_checkpoint(r.ckpt)
-        net = PseudoSegNet(model_from_checkpoint(ck), **ck['meta']['model_args']['pseudoseg'])
-        net.load_state_dict(ck['model'])
-        _, unl = _sets(r)
-        held = LabeledSet(r.train_set, r.split, unl.indices[:ps.ps_eval_images])
-        res['pseudo_train'] = pseudo_scores(net, held, r.split, ps, batch_size=r.cfg.eval.eval_batch, device=r.device)
-        write_metrics(r, res)
-    return res
+    return evaluate_segmenter(r, extra=_pseudo_train)

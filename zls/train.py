@@ -318,8 +318,8 @@ def write_metrics(r: Round, res: dict) -> dict:
         atomic_write(r.dir / 'metrics.json', lambda f: Path(f).write_text(json.dumps(res, indent=1, default=float)))
     return res
 
-def evaluate_round(r: Round) -> dict:
-    "Evaluate the trained student (with and without calibration) and write `metrics.json` last."
+def evaluate_round(r: Round, *, extra=None) -> dict:
+    "Evaluate the trained student (with and without calibration) and write `metrics.json` last; `extra(r, ck)` adds."
     t0, ev = time.time(), r.cfg.eval
     ck = load_checkpoint(r.ckpt)  # read once: the model and the loss log both come from it
     cms = evaluate(model_from_checkpoint(ck), r.val_set, r.split, gammas=(0.0, ev.gamma), batch_size=ev.eval_batch,
@@ -332,5 +332,6 @@ def evaluate_round(r: Round) -> dict:
         q = r.dir / sub / 'quality.csv'
         if q.exists(): res[sub] = pd.read_csv(q, index_col=0).reset_index().to_dict(orient='records')
     res['log'] = ck['meta'].get('log', [])
+    if extra is not None: res.update(extra(r, ck))  # a method's own scores, in the same file written once
     r.times['eval_s'] = round(time.time() - t0, 1)
     return write_metrics(r, res)
