@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from .config import COMMON
 from .config import convert as convert_value
-from .core import outputs_root
+from .core import DataError, outputs_root
 from .data import build_datasets, dataset_roots, split_of
 from .methods import METHODS, run_config
 from .pipeline import PIPELINES, RoundFailed, load_config, run_rounds
@@ -17,7 +17,7 @@ from .train import model_from_checkpoint, round_dir
 
 # %% auto #0
 __all__ = ['CONFIGS', 'parameter_types', 'convert', 'config_names', 'config_path', 'read_config', 'apply_sets', 'run_params',
-           'parser', 'main']
+           'check_report', 'parser', 'main']
 
 # %% ../nbs/21_cli.ipynb #36e4bd92
 def parameter_types() -> dict[str, type]:
@@ -89,6 +89,7 @@ def _cmd_report(args):
     from zls.report import markdown_table, rounds_table
     run = Path(args.run)
     if not run.is_dir(): raise ValueError(f'run folder {run} does not exist')
+    load_config(run)  # refuses a folder that is not a run before report.ipynb is written into it
     params = dict(run_dir=str(run.resolve()), n_examples=args.examples)
     execute(PIPELINES / 'report.ipynb', run / 'report.ipynb', params, cwd=run)
     print(markdown_table(rounds_table(run)))
@@ -150,11 +151,17 @@ def _cmd_data_check(args):
     if args.dataset == 'voc': from zls.voc import check_voc as check
     else: from zls.cocostuff import check_cocostuff as check
     df = check(**dataset_roots(args.dataset, args.root), official=not args.miniature)
-    with pd.option_context('display.max_colwidth', 200, 'display.width', 250): print(df.to_string(index=False))
-    bad = int((~df['ok']).sum())
-    verdict = 'complete' if not bad else f'{bad} problem(s); the fix column says what to get and where to put it'
-    print(f'{args.dataset}: ' + verdict)
-    if bad: raise SystemExit(1)
+    print(check_report(df, args.dataset))
+    if not df['ok'].all(): raise SystemExit(1)
+
+def check_report(df: pd.DataFrame, dataset: str) -> str:
+    "A data check as a table whose `fix` column numbers each distinct fix, the fixes listed once below it."
+    fixes = list(dict.fromkeys(f for f in df['fix'] if f))
+    t = df.assign(ok=df['ok'].map({True: 'yes', False: 'NO'}),
+                  fix=[f'({fixes.index(f) + 1})' if f else '' for f in df['fix']])
+    lines = [t.to_string(index=False)] + [f'({i}) {f}' for i, f in enumerate(fixes, 1)]
+    verdict = 'complete' if not fixes else f"{int((~df['ok']).sum())} problem(s); the numbered fixes say what to do"
+    return '\n'.join(lines + [f'{dataset}: {verdict}'])
 
 def _cmd_data_prepare(args):
     from zls.core import data_root
@@ -244,5 +251,8 @@ def main(argv=None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     try: args.fn(args)
-    except (ValueError, FileNotFoundError, RoundFailed) as e: ap.exit(2, f'zls: error: {e}\n')
+    except (ValueError, FileNotFoundError) as e: ap.exit(2, f'zls: error: {e}\n')  # a parameter or path to fix
+    except (DataError, RoundFailed) as e: ap.exit(1, f'zls: error: {e}\n')  # the data, or a round, failed
+    except OSError as e: ap.exit(1, f'zls: error: {e.strerror or e}: {e.filename or ""} (nothing finished was lost; '
+                                    'fix it and run the same command again)\n')  # disk full, permissions
     return 0

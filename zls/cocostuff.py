@@ -141,10 +141,11 @@ def check_cocostuff(root: str | Path | None = None, *, official: bool = True, n_
 # %% ../nbs/05_cocostuff.ipynb #645fa7f4
 class CocoStuff(SegFolder):
     "COCO-stuff 164k: items `dict(image=uint8 (3,H,W), label=uint8 (H,W) ids 0-181 or 255, name=12-digit id)`."
-    def __init__(self, root: str | Path | None = None, image_set: str = 'train2017'):
+    def __init__(self, root: str | Path | None = None, image_set: str = 'train2017', valid_ids=None):
         if image_set not in COCOSTUFF_SETS:
             raise ValueError(f'image_set must be one of {COCOSTUFF_SETS}, got {image_set!r}')
         self.root, self.image_set = cocostuff_root(root), image_set
+        self.valid_ids = None if valid_ids is None else frozenset(valid_ids) | {IGNORE_INDEX}
         self.image_dir, self.mask_dir = self.root / IMAGE_DIR / image_set, self.root / LABEL_DIR / image_set
         for d, arch in ((self.image_dir, f'{image_set}.zip'), (self.mask_dir, LABEL_ARCHIVE)):
             if not d.is_dir():

@@ -136,9 +136,10 @@ class TrainConfig(Section):
     workers: int = param(0, 'data-loader worker processes')
     device: str = param('', 'cuda, cpu, or empty for CUDA when available')
     nproc: int = param(1, 'processes per round; more than 1 runs each round under torchrun')
+    threads: int = param(1, "torch threads per process, pinned (results change with it); not the machine's cores")
 
     def check(self):
-        for n in ('iters0', 'iters', 'batch_size', 'crop', 'ckpt_every', 'log_every', 'nproc'):
+        for n in ('iters0', 'iters', 'batch_size', 'crop', 'ckpt_every', 'log_every', 'nproc', 'threads'):
             need(n, getattr(self, n), getattr(self, n) >= 1, 'an int >= 1')
         need('scale_min', self.scale_min, 0 < self.scale_min <= self.scale_max,
              f'0 < scale_min <= scale_max={self.scale_max}')

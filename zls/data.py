@@ -14,8 +14,8 @@ from .shapes import make_shapes
 from .splits import Split, get_split
 
 # %% auto #0
-__all__ = ['FRACTIONS', 'dataset_roots', 'build_datasets', 'split_of', 'labeled_pool', 'labeled_subset', 'LabeledSet',
-           'split_indices', 'labeled_indices']
+__all__ = ['FRACTIONS', 'dataset_roots', 'valid_ids', 'build_datasets', 'split_of', 'labeled_pool', 'labeled_subset',
+           'LabeledSet', 'split_indices', 'labeled_indices']
 
 # %% ../nbs/11_data.ipynb #446df12e
 def dataset_roots(dataset: str, root=None) -> dict:
@@ -26,18 +26,25 @@ def dataset_roots(dataset: str, root=None) -> dict:
     if dataset == 'cocostuff': return dict(root=root / 'cocostuff')
     raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(d for d in DATASETS if d != 'shapes')}")
 
+def valid_ids(data: DataConfig) -> tuple[int, ...]:
+    "The label ids a mask of the dataset may hold besides 255: its split's classes (COCO-stuff: its 182-id space)."
+    if data.dataset == 'cocostuff': return tuple(range(182))  # 11 ids COCO never uses map to void (see cocostuff)
+    return split_of(data).label_ids
+
 def build_datasets(data: DataConfig):
     "Training and validation sets: `shapes` train/val, `voc` train_aug/val, `cocostuff` train2017/val2017."
+    ids = valid_ids(data)  # a mask holding any other id is a data error, named when the item is read
     if data.dataset == 'shapes':
         folder = make_shapes(data.data_root or None, n_train=data.n_train, n_val=data.n_val, size=data.size,
                              seed=data.data_seed)
-        return SegFolder(folder, 'train'), SegFolder(folder, 'val')
+        return SegFolder(folder, 'train', valid_ids=ids), SegFolder(folder, 'val', valid_ids=ids)
     kw = dataset_roots(data.dataset, data.data_root or None)
     if data.dataset == 'voc':
         from zls.voc import VOCSegmentation  # real datasets' modules load on demand
-        return VOCSegmentation(**kw, image_set='train_aug'), VOCSegmentation(**kw, image_set='val')
+        return (VOCSegmentation(**kw, image_set='train_aug', valid_ids=ids),
+                VOCSegmentation(**kw, image_set='val', valid_ids=ids))
     from zls.cocostuff import CocoStuff
-    return CocoStuff(kw['root'], 'train2017'), CocoStuff(kw['root'], 'val2017')
+    return CocoStuff(kw['root'], 'train2017', valid_ids=ids), CocoStuff(kw['root'], 'val2017', valid_ids=ids)
 
 def split_of(data: DataConfig) -> Split:
     "The class split of a run's data section."

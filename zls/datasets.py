@@ -8,21 +8,33 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from PIL import Image
-from .core import IGNORE_INDEX, voc_palette, load_mask
+from .core import IGNORE_INDEX, DataError, load_image, load_mask, voc_palette
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SegFolder', 'size_batches', 'normalize', 'denormalize', 'colorize', 'show_samples',
-           'file_md5', 'check_archive', 'unpack', 'download']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'check_ids', 'SegFolder', 'size_batches', 'normalize', 'denormalize', 'colorize',
+           'show_samples', 'file_md5', 'check_archive', 'unpack', 'download']
+
+# %% ../nbs/03_datasets.ipynb #5e9a1c02
+def check_ids(label: np.ndarray, valid_ids, path) -> np.ndarray:
+    "`label` unchanged if every value is in `valid_ids` (None: no check); else a `DataError` naming `path`."
+    if valid_ids is None: return label
+    present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+    bad = [int(v) for v in present if v not in valid_ids]
+    if bad:
+        n = int(np.isin(label, bad).sum())
+        raise DataError(f'{path}: label ids {bad} ({n} pixels) are not classes of this dataset (valid: '
+                        f'{min(valid_ids)}..{max(valid_ids - {IGNORE_INDEX})} and {IGNORE_INDEX}); fix or re-create the mask')
+    return label
 
 # %% ../nbs/03_datasets.ipynb #42ffca4c
 _IMAGE_SUFFIXES = ('.jpg', '.png', '.jpeg')
 
 class SegFolder(Dataset):
-    "A VOC-like folder: items are `dict(image=uint8 (3,H,W), label=uint8 (H,W) dataset ids, name=id)`."
+    "A VOC-like folder: items `dict(image=uint8 (3,H,W), label=uint8 (H,W) dataset ids, name=id)`; ids checked."
     def __init__(self, root: str | Path, image_set: str = 'train', *, image_dir: str = 'JPEGImages',
-                 mask_dir: str = 'SegmentationClass', list_dir: str = 'ImageSets/Segmentation'):
+                 mask_dir: str = 'SegmentationClass', list_dir: str = 'ImageSets/Segmentation', valid_ids=None):
         self.root, self.image_set = Path(root), image_set
+        self.valid_ids = None if valid_ids is None else frozenset(valid_ids) | {IGNORE_INDEX}
         self.image_dir, self.mask_dir = self.root / image_dir, self.root / mask_dir
         hint = (' The shapes benchmark is created by zls.shapes.make_shapes(), which returns this folder.'
                 if 'shapes' in self.root.parts else '')
@@ -58,8 +70,7 @@ class SegFolder(Dataset):
     def __getitem__(self, i: int) -> dict:
         name = self.names[i]
         ip, mp = self.image_path(name), self.mask_path(name)
-        with Image.open(ip) as im: image = np.asarray(im.convert('RGB'))
-        label = load_mask(mp)
+        image, label = load_image(ip), check_ids(load_mask(mp), self.valid_ids, mp)
         if image.shape[:2] != label.shape:
             raise ValueError(f'{mp}: mask size {label.shape[1]}x{label.shape[0]} differs from its image {ip} '
                              f'({image.shape[1]}x{image.shape[0]}, width x height)')

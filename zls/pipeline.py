@@ -8,10 +8,9 @@ import argparse, fcntl, json, os, subprocess, sys, time
 from contextlib import contextmanager
 from pathlib import Path
 import pandas as pd
-import torch
 import zls
 from .config import RunConfig
-from .core import atomic_write, outputs_root
+from .core import atomic_write, outputs_root, provenance
 from .data import build_datasets
 from .distributed import barrier, cleanup, init_distributed, is_main
 from .methods import METHODS, rounds_of, run_config
@@ -19,9 +18,10 @@ from .report import rounds_table
 from .train import Round, make_round, round_dir
 
 # %% auto #0
-__all__ = ['RUN_VERSION', 'PIPELINES', 'PATH_PARAMS', 'prepare_round', 'label_round', 'train_round', 'evaluate_round',
-           'load_config', 'record_config', 'config_table', 'RoundFailed', 'run_lock', 'execute', 'absolute_paths',
-           'distributed_round', 'main', 'run_processes', 'run_rounds']
+__all__ = ['RUN_VERSION', 'NUMERIC_PROVENANCE', 'RECORDED_PROVENANCE', 'PIPELINES', 'KERNEL_QUIET', 'PATH_PARAMS',
+           'prepare_round', 'label_round', 'train_round', 'evaluate_round', 'load_config', 'check_provenance',
+           'record_config', 'config_table', 'RoundFailed', 'run_lock', 'execute', 'absolute_paths', 'distributed_round',
+           'main', 'run_processes', 'run_rounds']
 
 # %% ../nbs/20_pipeline.ipynb #7c790060
 def prepare_round(cfg: RunConfig | dict, *, run_dir, k: int, generator_ckpt=None) -> Round:
@@ -53,16 +53,35 @@ def load_config(run_dir) -> RunConfig:
     rec = json.loads(path.read_text())
     return run_config(rec['params'], legacy=rec.get('version') is None)
 
-def record_config(run_dir: Path, cfg: RunConfig, rounds: int):
-    "Write `run.json`, refusing a run folder made with other values."
+# provenance entries whose change can change a run's numbers (resuming under another value is refused), and
+# those recorded only (a resume under another value is reported)
+NUMERIC_PROVENANCE, RECORDED_PROVENANCE = ('torch', 'torchvision', 'device', 'threads', 'platform'), \
+    ('zls', 'commit', 'dirty', 'python')
+
+def check_provenance(run_dir: Path, old: dict, new: dict) -> list[str]:
+    "Refuse resuming where a numeric provenance entry differs; return notes on the recorded ones that do."
+    diff = lambda keys: [f'{k} {old[k]!r} -> {new.get(k)!r}' for k in keys if k in old and old[k] != new.get(k)]
+    bad = diff(NUMERIC_PROVENANCE)
+    if bad: raise ValueError(f"{run_dir} was started under another setup ({'; '.join(bad)}), which changes results; "
+                             'resume it there, or choose another run name')
+    return diff(RECORDED_PROVENANCE)
+
+def record_config(run_dir: Path, cfg: RunConfig, rounds: int) -> dict:
+    "Write `run.json` (configuration, rounds, provenance), refusing a run folder made with other values or setup."
     path = run_dir / 'run.json'
+    prov = provenance(cfg.train.device or None, cfg.train.threads)
     if path.exists():
         old, new = load_config(run_dir).identity(), cfg.identity()
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff: raise ValueError(f'{run_dir} was made with other values of {diff}; choose another run name, '
                                   'or delete that folder to start it over')
-    rec = dict(params=cfg.flat(), rounds=rounds, version=RUN_VERSION)
+        rec = json.loads(path.read_text())
+        notes = check_provenance(run_dir, rec.get('provenance', {}), prov)
+        if notes: print(f"note: resuming {run_dir.name} under {'; '.join(notes)}")
+        rounds = max(rounds, rec.get('rounds', 0))  # asking for fewer rounds never forgets finished ones
+    rec = dict(params=cfg.flat(), rounds=rounds, version=RUN_VERSION, provenance=prov)
     atomic_write(path, lambda f: Path(f).write_text(json.dumps(rec, indent=1)))
+    return rec
 
 def config_table(cfg: RunConfig) -> pd.DataFrame:
     "Every parameter of a configuration with its section: what a round notebook shows it ran with."
@@ -71,6 +90,10 @@ def config_table(cfg: RunConfig) -> pd.DataFrame:
 
 # %% ../nbs/20_pipeline.ipynb #6892aca5
 PIPELINES = Path(zls.__file__).resolve().parent.parent / 'pipelines'
+
+# the kernel's own log (a warning that local TCP is unencrypted on every start, an error line when it is shut
+# down) says nothing about the run; errors in cells still come back through papermill
+KERNEL_QUIET = ['--IPKernelApp.log_level=CRITICAL']
 
 class RoundFailed(RuntimeError):
     "A papermill notebook of the run failed; its executed copy is kept."
@@ -82,7 +105,7 @@ def run_lock(run_dir: Path):
     with open(run_dir / '.lock', 'w') as f:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f'{run_dir} is in use by another zls run; wait for it or choose another name') from None
+            raise ValueError(f'{run_dir} is in use by another zls run; wait for it or choose another name') from None
         yield
 
 def execute(template: Path, out_nb: Path, parameters: dict, *, cwd: Path):
@@ -92,11 +115,10 @@ def execute(template: Path, out_nb: Path, parameters: dict, *, cwd: Path):
         raise FileNotFoundError(f'papermill template {template} is missing; zls must run from its source checkout')
     try:
         pm.execute_notebook(str(template), str(out_nb), parameters=parameters, kernel_name='python3', cwd=str(cwd),
-                            progress_bar=False)
+                            progress_bar=False, extra_arguments=KERNEL_QUIET)
     except pm.PapermillExecutionError as e:
-        raise RoundFailed(f'{out_nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n'
-                          f'The executed notebook is kept at {out_nb}; fix the cause and run the same command again '
-                          'to resume.') from None
+        raise RoundFailed(f'{out_nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (the executed notebook '
+                          f'is kept at {out_nb}; fix the cause and run the same command again to resume)') from None
 
 PATH_PARAMS = ('data_root', 'emb_path', 'pretrained_backbone')
 
@@ -136,7 +158,7 @@ def run_processes(run_dir: Path, k: int, nproc: int):
     "Run round `k` of a run in `nproc` processes under torchrun, logging to round_<k>.log."
     log = run_dir / f'round_{k}.log'
     env = dict(os.environ)
-    if not torch.cuda.is_available(): env.setdefault('OMP_NUM_THREADS', '1')  # CPU processes share the cores
+    env['OMP_NUM_THREADS'] = str(load_config(run_dir).train.threads)  # each worker also pins it (make_round)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
            '-m', 'zls.pipeline', '--run-dir', str(run_dir), '--round', str(k)]
     with open(log, 'w') as f:

@@ -56,9 +56,9 @@ def rounds_table(run_dir) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index('round')
 
 def markdown_table(df: pd.DataFrame, *, digits: int = 1) -> str:
-    "A GitHub-flavoured Markdown table of a DataFrame (index included)."
+    "A GitHub-flavoured Markdown table of a DataFrame (index included); missing values print as –, as in summaries."
     cols = [df.index.name or ''] + [str(c) for c in df.columns]
-    fmt = lambda v: f'{v:.{digits}f}' if isinstance(v, (float, np.floating)) else str(v)
+    fmt = lambda v: ('–' if np.isnan(v) else f'{v:.{digits}f}') if isinstance(v, (float, np.floating)) else str(v)
     lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
     rows = zip(df.index, df.itertuples(index=False))
     lines += ['| ' + ' | '.join([fmt(i)] + [fmt(v) for v in r]) + ' |' for i, r in rows]

@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 from .config import RunConfig, TrainConfig
-from .core import IGNORE_INDEX, atomic_write, get_device, seed_everything
+from .core import IGNORE_INDEX, DataError, atomic_write, get_device, pin_threads, seed_everything
 from .data import build_datasets, split_of
 from .datasets import normalize, size_batches
 from .distributed import all_mean, barrier, is_main, rank, shard, world_size
@@ -131,9 +131,13 @@ def load_checkpoint(path, *, map_location='cpu') -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path} does not exist; train the round that writes it first')
+    if path.suffix != '.pt':
+        raise ValueError(f'{path} is not a checkpoint: expected a .pt file such as outputs/<run>/round_0/train.pt')
     try: return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f'checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to retrain') from e
+        done = path.parent / 'metrics.json'  # a finished round is skipped while its metrics.json exists
+        fix = f'delete it and {done} to retrain that round' if done.exists() else 'delete it to retrain'
+        raise DataError(f'checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]}); {fix}') from None
 
 # %% ../nbs/13_train.ipynb #36c4690b
 def resume(ckpt, model, optimizer, scheduler) -> tuple[int, list]:
@@ -293,7 +297,8 @@ class Round:
                          embeddings=self.cfg.model.embeddings), **over)
 
 def make_round(cfg: RunConfig, *, run_dir, k: int, class_matrix, generator_ckpt=None) -> Round:
-    "Seed, then build round `k`: datasets, split, `class_matrix(cfg, split)`, student, and for k > 0 the generator."
+    "Pin threads, seed, then build round `k`: datasets, split, `class_matrix(cfg, split)`, student, generator (k > 0)."
+    pin_threads(cfg.train.threads)  # every process of a round: the papermill kernel and each torchrun worker
     seed_everything(cfg.train.seed + k)
     train_set, val_set = build_datasets(cfg.data)
     split = split_of(cfg.data)

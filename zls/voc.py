@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from .core import IGNORE_INDEX, data_root, save_mask
-from .datasets import SegFolder, check_archive, unpack, download as download_file
+from .core import IGNORE_INDEX, data_root, load_image, save_mask
+from .datasets import SegFolder, check_archive, check_ids, unpack, download as download_file
 
 # %% auto #0
 __all__ = ['VOC_ARCHIVE', 'SBD_ARCHIVE', 'VOC_COUNTS', 'SBD_COUNTS', 'TRAIN_AUG_COUNT', 'IMAGE_SETS', 'voc_root', 'sbd_root',
@@ -99,13 +99,13 @@ def save_sbd_mat(path: str | Path, seg) -> Path:
 class VOCSegmentation(Dataset):
     "VOC 2012 (+ SBD for `train_aug`): items `dict(image=uint8 (3,H,W), label=uint8 (H,W) ids 0-20 + 255, name)`."
     def __init__(self, voc_root: str | Path | None = None, sbd_root: str | Path | None = None,
-                 image_set: str = 'train_aug'):
+                 image_set: str = 'train_aug', valid_ids=None):
         if image_set not in IMAGE_SETS:
             raise ValueError(f'image_set must be one of {IMAGE_SETS}, got {image_set!r}')
         self.voc_root = Path(voc_root) if voc_root is not None else data_root() / VOC_ARCHIVE['creates']
         self.sbd_root = Path(sbd_root) if sbd_root is not None else data_root() / SBD_ARCHIVE['creates']
         self.image_set = image_set
-        self.voc = SegFolder(self.voc_root, 'train' if image_set == 'train_aug' else image_set)
+        self.voc = SegFolder(self.voc_root, 'train' if image_set == 'train_aug' else image_set, valid_ids=valid_ids)
         if image_set == 'train_aug':
             lists = self.voc_root / 'ImageSets/Segmentation'
             if not (self.sbd_root / 'train.txt').is_file():
@@ -125,8 +125,7 @@ class VOCSegmentation(Dataset):
         ip, mp = self.voc.image_path(name), self.sbd_root / 'cls' / f'{name}.mat'
         if not mp.is_file():
             raise FileNotFoundError(f'label of id {name!r} not found: neither {self.voc.mask_dir / name}.png nor {mp}')
-        with Image.open(ip) as im: image = np.asarray(im.convert('RGB'))
-        label = load_sbd_mat(mp)
+        image, label = load_image(ip), check_ids(load_sbd_mat(mp), self.voc.valid_ids, mp)
         if image.shape[:2] != label.shape:
             raise ValueError(f'{mp}: label size {label.shape[1]}x{label.shape[0]} differs from its image {ip} '
                              f'({image.shape[1]}x{image.shape[0]})')
