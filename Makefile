@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.zls-installed
 RUN ?= shapes-default
 
-.PHONY: setup browser run benchmark lab docs test check-sync lint nbtest pytest clean-venv
+.PHONY: setup browser run benchmark lab docs test test-fast results check-sync lint nbtest pytest clean-venv
 
 $(STAMP): constraints.txt settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,7 +68,19 @@ nbtest: setup browser
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest: setup browser
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=15 tests
+
+# the edit loop (a few minutes): sync, lint, the notebooks that do not train, and the tests not marked slow
+FAST_SKIP ?= (1[2-9]|2[0-4])_.*
+test-fast: setup
+	$(MAKE) --no-print-directory check-sync
+	$(MAKE) --no-print-directory lint
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing --skip_file_re '$(FAST_SKIP)'
+	$(BIN)/pytest -q -m 'not slow' tests
+
+# the README's result tables, regenerated from results/*.csv (the tests check that they agree)
+results: setup
+	$(BIN)/zls results
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,10 +1,13 @@
 """The benchmark pipeline end to end at a tiny size, and every method through the driver on shapes."""
 import json, subprocess, sys
+import pytest
 from pathlib import Path
 import pandas as pd
 import papermill as pm
 from zls.benchmark import ENTRIES
 from zls.pipeline import PIPELINES
+
+pytestmark = pytest.mark.slow  # trains tiny runs
 
 ZLS = str(Path(sys.executable).parent / 'zls')
 TINY = dict(n_train=48, n_val=24, iters0=20, iters=10, batch_size=8, eval_batch=24)

@@ -5,6 +5,8 @@ import pytest
 from zls.cocostuff import make_mini_cocostuff
 from zls.voc import make_mini_voc
 
+pytestmark = pytest.mark.slow  # trains tiny runs
+
 ROOT = Path(__file__).resolve().parent.parent
 ZLS = str(Path(sys.executable).parent / 'zls')
 # what changes for a tiny CPU round: no local weights or SPNet vectors, a few steps on small crops

@@ -16,6 +16,8 @@ from zls.splits import get_split
 from zls.config import TrainConfig
 from zls.train import evaluate, load_checkpoint, train
 
+pytestmark = pytest.mark.slow  # trains tiny runs
+
 WORLD = 2
 # shard sizes (8 and 6 images per rank) divide by the batch size, so every rank meets the same batches
 N_TRAIN, N_VAL, SIZE, BATCH = 16, 12, 32, 2

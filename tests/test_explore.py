@@ -10,6 +10,8 @@ from zls.explore import Explorer
 from zls.labeler import View
 from zls.pipeline import evaluate_round, label_round, prepare_round, train_round
 
+pytestmark = pytest.mark.slow  # trains tiny runs
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TINY = dict(n_train=48, n_val=16, iters0=30, iters=10, batch_size=8, eval_batch=16, log_every=10, ckpt_every=10)

@@ -10,9 +10,9 @@ from zls.cli import main
 from zls.core import load_mask, save_mask
 from zls.methods import METHODS
 from zls.shapes import make_shapes
+from conftest import TINY
 
 ZLS = str(Path(sys.executable).parent / 'zls')
-TINY = dict(n_train=48, n_val=24, iters0=20, iters=10, batch_size=8, eval_batch=24)
 
 
 def sets(**params) -> list[str]:
@@ -47,18 +47,18 @@ def one_line(err: str) -> str:
 
 
 @pytest.fixture(scope='module')
-def data(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp('faults') / 'data'
+def data(strict_run) -> Path:
+    "The shared run's data root (its tiny shapes set)."
+    return Path(params_of(strict_run)['data_root'])
 
 
-@pytest.fixture(scope='module')
-def finished(tmp_path_factory, data) -> Path:
-    "A finished tiny STRICT run of rounds 0-1, shared by the cases below (each copies it before harming it)."
-    out = tmp_path_factory.mktemp('runs')
-    res = zls('run', '--name', 'done', '--out', out, '--rounds', 1, '--no-report', *sets(**TINY, data_root=data))
-    assert res.returncode == 0, res.stderr[-3000:]
-    (out / 'done.log').write_text(res.stdout + res.stderr)
-    return out / 'done'
+def params_of(run: Path) -> dict:
+    return json.loads((run / 'run.json').read_text())['params']
+
+
+def same_run(run: Path, **extra) -> list[str]:
+    "`--set` arguments that make a run with the parameters of `run` (TINY and its data root)."
+    return sets(**TINY, data_root=params_of(run)['data_root'], **extra)
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:
@@ -76,6 +76,7 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
     ('dataset=voc', 'split'),  # a dataset without its split
     ('unseen=purple cross', 'purple cross'),
     ('ps_T=0.5', 'belongs to method pseudoseg'),
+    ('eval_views=2x', "eval_views='2x' is invalid"),
 ])
 def test_bad_parameters_are_refused_before_anything_is_written(setting, names, tmp_path, data):
     code, _, err = cli('run', '--out', tmp_path, '--set', setting, *sets(data_root=data))
@@ -107,6 +108,7 @@ def bad_data(tmp_path: Path, data: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_mask_ids_outside_the_classes_are_a_data_error(tmp_path, data):
     root = bad_data(tmp_path, data)
     mask = root / 'SegmentationClass' / 'train_00003.png'
@@ -120,6 +122,7 @@ def test_mask_ids_outside_the_classes_are_a_data_error(tmp_path, data):
     assert f'{mask}: label ids [200] (4 pixels)' in line
 
 
+@pytest.mark.slow
 def test_a_truncated_image_is_a_data_error_naming_the_file(tmp_path, data):
     root = bad_data(tmp_path, data)
     img = root / 'JPEGImages' / 'val_00002.png'
@@ -131,8 +134,9 @@ def test_a_truncated_image_is_a_data_error_naming_the_file(tmp_path, data):
     assert f'{img}: cannot read this image' in one_line(res.stderr)
 
 
-def test_a_corrupt_checkpoint_of_a_finished_round_says_what_to_delete(finished, tmp_path):
-    run = copy_run(finished, tmp_path)
+@pytest.mark.slow
+def test_a_corrupt_checkpoint_of_a_finished_round_says_what_to_delete(strict_run, tmp_path):
+    run = copy_run(strict_run, tmp_path)
     ckpt = run / 'round_0' / 'train.pt'
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     before = snapshot(run)
@@ -144,14 +148,14 @@ def test_a_corrupt_checkpoint_of_a_finished_round_says_what_to_delete(finished, 
     assert snapshot(run) == before
 
 
-def test_following_the_advice_retrains_the_round(finished, tmp_path):
-    run = copy_run(finished, tmp_path)
+@pytest.mark.slow
+def test_following_the_advice_retrains_the_round(strict_run, tmp_path):
+    run = copy_run(strict_run, tmp_path)
     good = snapshot(run)
     (run / 'round_1' / 'train.pt').unlink()  # what the message on a corrupt checkpoint says to delete
     (run / 'round_1' / 'metrics.json').unlink()
-    params = json.loads((run / 'run.json').read_text())['params']
     res = zls('run', '--name', run.name, '--out', run.parent, '--rounds', 1, '--no-report',
-              *sets(**TINY, data_root=params['data_root']))
+              *same_run(run))
     assert res.returncode == 0, res.stderr[-2000:]
     assert 'round 1: mIoU seen' in res.stdout
     after = snapshot(run)
@@ -159,28 +163,28 @@ def test_following_the_advice_retrains_the_round(finished, tmp_path):
     assert after['round_0/train.pt'] == good['round_0/train.pt']
 
 
-def test_a_second_run_on_the_same_name_is_one_line(finished, tmp_path):
+@pytest.mark.slow
+def test_a_second_run_on_the_same_name_is_one_line(strict_run, tmp_path):
     import fcntl
-    run = copy_run(finished, tmp_path)
+    run = copy_run(strict_run, tmp_path)
     before = snapshot(run)
-    params = json.loads((run / 'run.json').read_text())['params']
     with open(run / '.lock', 'w') as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         code, _, err = cli('run', '--name', run.name, '--out', run.parent, '--rounds', 1,
-                           *sets(**TINY, data_root=params['data_root']))
+                           *same_run(run))
     assert code == 2 and 'is in use by another zls run' in one_line(err)
     assert snapshot(run) == before
 
 
-def test_a_full_disk_is_one_line(finished, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_full_disk_is_one_line(strict_run, tmp_path, monkeypatch):
     import zls.pipeline
-    run = copy_run(finished, tmp_path)
+    run = copy_run(strict_run, tmp_path)
     before = snapshot(run)
     def full(*a, **k): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / 'run.json'))
     monkeypatch.setattr(zls.pipeline, 'atomic_write', full)
-    params = json.loads((run / 'run.json').read_text())['params']
     code, _, err = cli('run', '--name', run.name, '--out', run.parent, '--rounds', 1,
-                       *sets(**TINY, data_root=params['data_root']))
+                       *same_run(run))
     assert code == 1
     assert f"No space left on device: {run / 'run.json'}" in one_line(err)
     assert snapshot(run) == before
@@ -194,12 +198,12 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path):
     assert snapshot(tmp_path) == before
 
 
-def test_fewer_rounds_keep_the_finished_ones(finished, tmp_path):
-    run = copy_run(finished, tmp_path)
+@pytest.mark.slow
+def test_fewer_rounds_keep_the_finished_ones(strict_run, tmp_path):
+    run = copy_run(strict_run, tmp_path)
     before = snapshot(run)
-    params = json.loads((run / 'run.json').read_text())['params']
     code, out, _ = cli('run', '--name', run.name, '--out', run.parent, '--rounds', 0, '--no-report',
-                       *sets(**TINY, data_root=params['data_root']))
+                       *same_run(run))
     assert code == 0 and 'round 0: done already' in out
     rec = json.loads((run / 'run.json').read_text())
     assert rec['rounds'] == 1
@@ -207,44 +211,41 @@ def test_fewer_rounds_keep_the_finished_ones(finished, tmp_path):
     assert {k: v for k, v in after.items() if k != 'run.json'} == {k: v for k, v in before.items() if k != 'run.json'}
 
 
-def test_resuming_with_other_threads_is_refused(finished, tmp_path):
-    run = copy_run(finished, tmp_path)
+@pytest.mark.slow
+def test_resuming_with_other_threads_is_refused(strict_run, tmp_path):
+    run = copy_run(strict_run, tmp_path)
     before = snapshot(run)
-    params = json.loads((run / 'run.json').read_text())['params']
     code, _, err = cli('run', '--name', run.name, '--out', run.parent, '--rounds', 1,
-                       *sets(**TINY, data_root=params['data_root'], threads=2))
+                       *same_run(run, threads=2))
     assert code == 2 and "other values of ['threads']" in one_line(err)
     assert snapshot(run) == before
 
 
-def test_resuming_under_another_torch_is_refused(finished, tmp_path):
-    run = copy_run(finished, tmp_path)
+@pytest.mark.slow
+def test_resuming_under_another_torch_is_refused(strict_run, tmp_path):
+    run = copy_run(strict_run, tmp_path)
     rec = json.loads((run / 'run.json').read_text())
     rec['provenance']['torch'] = '1.13.0'
     (run / 'run.json').write_text(json.dumps(rec))
     before = snapshot(run)
     code, _, err = cli('run', '--name', run.name, '--out', run.parent, '--rounds', 1,
-                       *sets(**TINY, data_root=rec['params']['data_root']))
+                       *same_run(run))
     assert code == 2 and "another setup (torch '1.13.0' -> " in one_line(err)
     assert snapshot(run) == before
 
 
-def test_the_thread_environment_does_not_change_results(finished, tmp_path):
+@pytest.mark.slow
+def test_the_thread_environment_does_not_change_results(strict_run, tmp_path):
     "The same run under OMP_NUM_THREADS=1 and =4: torch's threads come from the recorded `threads`, not the env."
-    params = json.loads((finished / 'run.json').read_text())['params']
     metrics = {}
     for omp in ('1', '4'):
-        res = zls('run', '--name', f'omp{omp}', '--out', tmp_path, '--rounds', 0, '--no-report',
-                  *sets(**TINY, data_root=params['data_root']), env=dict(os.environ, OMP_NUM_THREADS=omp))
+        res = zls('run', '--name', f'omp{omp}', '--out', tmp_path, '--rounds', 0, '--no-report', *same_run(strict_run),
+                  env=dict(os.environ, OMP_NUM_THREADS=omp))
         assert res.returncode == 0, res.stderr[-2000:]
+        text = res.stdout + res.stderr  # what a user sees: the round's line and the table, nothing else
+        assert 'round 0: mIoU seen' in text
+        for noise in ('Kernel is running over TCP', 'KeyboardInterrupt', 'nan'): assert noise not in text, noise
         m = json.loads((tmp_path / f'omp{omp}' / 'round_0' / 'metrics.json').read_text())
         metrics[omp] = json.dumps([m['plain'], [{k: v for k, v in e.items() if k != 'secs'} for e in m['log']]])
     assert metrics['1'] == metrics['4']
-    assert json.loads((finished / 'round_0' / 'metrics.json').read_text())['plain'] == json.loads(metrics['1'])[0]
-
-
-def test_run_output_is_quiet(finished):
-    "What the shared run printed: its rounds and table, no kernel chatter, no `nan` (round 0 has no pseudo-labels)."
-    text = (finished.parent / 'done.log').read_text()
-    assert 'round 0: mIoU seen' in text and 'round 1: mIoU seen' in text
-    for noise in ('Kernel is running over TCP', 'KeyboardInterrupt', 'nan'): assert noise not in text, noise
+    assert json.loads((strict_run / 'round_0' / 'metrics.json').read_text())['plain'] == json.loads(metrics['1'])[0]

@@ -6,11 +6,10 @@ import psutil
 import pytest
 from zls.methods import run_config
 from zls.pipeline import PIPELINES, RoundFailed, run_rounds
+from conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
 ZLS = str(Path(sys.executable).parent / 'zls')
-# small enough for seconds per round on 2 cores, big enough that every unseen class occurs
-TINY = dict(n_train=48, n_val=24, iters0=40, iters=20, batch_size=8, eval_batch=24, log_every=20, ckpt_every=20)
 
 
 def test_round_template_takes_the_run_folder_only():
@@ -20,31 +19,32 @@ def test_round_template_takes_the_run_folder_only():
     for k, v in params.items(): assert v['help'], f'round.ipynb parameter {k} needs a comment'
 
 
-def test_tiny_run_through_papermill(tmp_path):
-    table = run_rounds('tiny', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), **TINY)
-    run = tmp_path / 'tiny'
+@pytest.mark.slow
+def test_tiny_run_through_papermill(strict_run):
+    run = strict_run
+    data_root = json.loads((run / 'run.json').read_text())['params']['data_root']
     for f in ('run.json', 'round_0.ipynb', 'round_1.ipynb', 'report.ipynb', 'results.md', 'results.csv',
               'rounds.png', 'pseudo_quality.png', 'examples.png', 'round_0/metrics.json', 'round_1/metrics.json',
               'round_1/pseudo/quality.csv', 'round_1/pseudo_identity/quality.csv'):
         assert (run / f).exists(), f
-    assert list(table.index) == [0, 1]
     m1 = json.loads((run / 'round_1/metrics.json').read_text())
     assert m1['params']['iters'] == 20
     shown = (run / 'round_1.ipynb').read_text()  # the executed round shows every parameter it ran with
     for k, v in run_config(TINY).flat().items(): assert f'{k}' in shown, k
-    expected = dict(run_config(TINY).flat(), data_root=str(tmp_path / 'data'))
+    expected = dict(run_config(TINY).flat(), data_root=data_root)
     assert json.loads((run / 'run.json').read_text())['params'] == expected
     rows = {r['class']: r for r in m1['pseudo']}
     assert {'red cross', 'green triangle', 'blue square', 'yellow circle', 'all'} <= set(rows)
     assert rows['all']['n_pseudo'] > 0, 'round 1 must produce pseudo-labels'
     assert rows['red circle']['n_pseudo'] == 0, 'pseudo-labels are unseen classes only'
-    assert 0 <= table.loc[1, 'unseen'] <= 100
     # a second call finds every round done and trains nothing
     t0 = time.time()
-    run_rounds('tiny', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **TINY)
+    table = run_rounds(run.name, rounds=1, out_root=run.parent, data_root=data_root, report=False, **TINY)
     assert time.time() - t0 < 5
+    assert list(table.index) == [0, 1] and 0 <= table.loc[1, 'unseen'] <= 100
 
 
+@pytest.mark.slow
 def test_failed_round_keeps_notebook(tmp_path):
     with pytest.raises(RoundFailed, match='keeps|kept') as e:
         run_rounds('bad', rounds=0, out_root=tmp_path, data_root=str(tmp_path / 'data'),
@@ -59,6 +59,7 @@ def _zls_run(out, name, extra=()):
     return [ZLS, 'run', '--name', name, '--out', str(out), '--rounds', '1', '--no-report', *sets, *extra]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_same_metrics(tmp_path):
     "Kill a run mid-round (driver and kernel), run it again: the metrics equal an uninterrupted run's."
     env = dict(os.environ, PYTHONUNBUFFERED='1')
@@ -99,6 +100,7 @@ def test_cli_help_and_bad_parameters(tmp_path):
     assert not any(tmp_path.iterdir()), 'a rejected command must not create anything'
 
 
+@pytest.mark.slow
 def test_driver_runs_rounds_in_two_processes(tmp_path):
     "nproc=2: each round runs under torchrun (gloo on CPU) and leaves the same files as a notebook round."
     table = run_rounds('ddp', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False,
@@ -111,15 +113,16 @@ def test_driver_runs_rounds_in_two_processes(tmp_path):
     assert len(list((run / 'round_1' / 'pseudo').glob('*.png'))) == TINY['n_train']
 
 
-def test_cli_eval_and_labels(tmp_path):
+@pytest.mark.slow
+def test_cli_eval_and_labels(strict_run, tmp_path):
     "`zls eval` re-evaluates a round checkpoint; `zls labels` writes pseudo-labels and never overwrites a round's."
-    run_rounds('cli', rounds=1, out_root=tmp_path, data_root=str(tmp_path / 'data'), report=False, **TINY)
-    run = tmp_path / 'cli'
-    ev = subprocess.run([ZLS, 'eval', str(run / 'round_1' / 'train.pt'), '--gamma', '0', '--gamma', '0.6'],
-                        capture_output=True, text=True)
+    run = strict_run
+    ev = subprocess.run([ZLS, 'eval', str(run / 'round_1' / 'train.pt'), '--gamma', '0', '--gamma', '0.6',
+                         '--views', '1,1f,1.5'], capture_output=True, text=True)
     assert ev.returncode == 0, ev.stderr
     m = json.loads((run / 'round_1' / 'metrics.json').read_text())
     assert f"{m['plain']['hIoU']:.1f}" in ev.stdout and f"{m['calibrated']['hIoU']:.1f}" in ev.stdout
+    assert '| views (1,1f,1.5) |' in ev.stdout and '| gamma 0.6 |' in ev.stdout
     again = subprocess.run([ZLS, 'labels', str(run), '--round', '1'], capture_output=True, text=True)
     assert again.returncode == 2 and 'already holds pseudo-labels' in again.stderr
     out = tmp_path / 'relabel'
@@ -131,6 +134,7 @@ def test_cli_eval_and_labels(tmp_path):
     assert bad.returncode == 2 and 'does not exist' in bad.stderr
 
 
+@pytest.mark.slow
 def test_relative_outputs_root(tmp_path, monkeypatch):
     "Rounds run inside the run folder, so a relative outputs root must still find its checkpoints."
     monkeypatch.chdir(tmp_path)

@@ -13,6 +13,8 @@ import pytest
 import torch
 from zls.pipeline import evaluate_round, label_round, prepare_round, train_round
 
+pytestmark = pytest.mark.slow  # trains tiny runs
+
 REF = json.loads((Path(__file__).parent / 'data' / 'pre_redesign_tiny_runs.json').read_text())
 TINY = dict(n_train=48, n_val=24, iters0=40, iters=20, batch_size=8, eval_batch=24, log_every=20, ckpt_every=20)
 # name: (reference run, rounds compared, parameters today)

@@ -4,23 +4,24 @@
 
 # %% ../nbs/22_benchmark.ipynb #2dbfcd03
 from __future__ import annotations
-import json, shutil, time
+import json, re, shutil, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
-from .core import outputs_root
+from .core import atomic_write, outputs_root
 from .config import RunConfig
 from .methods import METHODS, run_config
 from .pipeline import load_config, run_rounds
 from .train import round_dir
-from .report import rounds_table
+from .report import markdown_table, mean_std_table, rounds_table, run_summary, summarize_rows
 
 # %% auto #0
-__all__ = ['ZERO', 'UNSUP', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'ENTRIES', 'METRICS', 'Entry', 'semi', 'pick',
-           'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0', 'run_name', 'run_benchmark',
-           'benchmark_rows', 'benchmark_table', 'plot_benchmark']
+__all__ = ['ZERO', 'UNSUP', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'ENTRIES', 'METRICS', 'README_TABLES', 'Entry',
+           'semi', 'pick', 'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0', 'run_name',
+           'run_benchmark', 'benchmark_rows', 'benchmark_table', 'plot_benchmark', 'strict_seeds_table',
+           'strict_seed0_table', 'family_table', 'semi_table', 'update_readme']
 
 # %% ../nbs/22_benchmark.ipynb #fc1cb0da
 @dataclass
@@ -188,3 +189,48 @@ def plot_benchmark(rows: pd.DataFrame):
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/22_benchmark.ipynb #7d3e0a02
+def strict_seeds_table(rows: pd.DataFrame) -> str:
+    "Mean ± std per round over the runs of a `run_rows` CSV (STRICT's seeds)."
+    t = mean_std_table(summarize_rows(rows))
+    t.index = pd.Index([f'{k} (zero-label baseline)' if k == 0 else str(k) for k in t.index], name='round')
+    t.columns = ['seen', 'unseen', 'hIoU', 'pseudo-label precision, intersection', 'pseudo-label precision, single view']
+    return markdown_table(t)
+
+def strict_seed0_table(rows: pd.DataFrame) -> str:
+    "The first run's rounds as `zls run` prints them (timing aside): `make run`'s numbers."
+    first = rows[rows['run'] == rows['run'].iloc[0]].drop(columns='run').set_index('round')
+    return markdown_table(run_summary(first, minutes=False))
+
+def family_table(rows: pd.DataFrame) -> str:
+    "The benchmark's table of its rows."
+    return markdown_table(benchmark_table(rows).set_index('setting'))
+
+def semi_table(rows: pd.DataFrame) -> str:
+    "The semi-supervised rows' table (no seen/unseen split: every class has labels)."
+    return markdown_table(benchmark_table(rows).drop(columns=['seen', 'unseen', 'hIoU']).set_index('setting'))
+
+README_TABLES = {'strict-seeds': ('strict_seeds.csv', strict_seeds_table),
+                 'strict-seed0': ('strict_seeds.csv', strict_seed0_table),
+                 'benchmark': ('benchmark.csv', family_table),
+                 'semi-supervised': ('semi_supervised.csv', semi_table)}
+_TABLE = re.compile(r'(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- /table -->)', re.S)
+
+def update_readme(readme, results, *, check: bool = False) -> list[str]:
+    "Regenerate the README's marked tables from `results/` (only compare if `check`); the names of those that differed."
+    readme, results = Path(readme), Path(results)
+    text, stale = readme.read_text(encoding='utf-8'), []
+    def regenerate(m):
+        name = m.group(2)
+        if name not in README_TABLES:
+            raise ValueError(f'{readme}: unknown generated table {name!r}; known: {", ".join(README_TABLES)}')
+        csv, render = README_TABLES[name]
+        if not (results / csv).is_file():
+            raise FileNotFoundError(f'{results / csv} is missing; the README table {name!r} is generated from it')
+        table = render(pd.read_csv(results / csv)) + '\n'
+        if m.group(3) != table: stale.append(name)
+        return m.group(1) + table + m.group(4)
+    new = _TABLE.sub(regenerate, text)
+    if stale and not check: atomic_write(readme, lambda p: Path(p).write_text(new, encoding='utf-8'))
+    return stale

@@ -77,11 +77,9 @@ def run_params(args) -> tuple[dict, str, int]:
 # %% ../nbs/21_cli.ipynb #2cee4eeb
 def _cmd_run(args):
     p, name, rounds = run_params(args)
-    from zls.report import markdown_table
+    from zls.report import markdown_table, run_summary
     table = run_rounds(name, rounds=rounds, out_root=args.out, report=not args.no_report, **p)
-    cols = ['seen', 'unseen', 'hIoU', 'mIoU', 'cal_hIoU', 'pseudo_precision', 'single_view_precision', 'pixel_acc',
-            'minutes']
-    print(markdown_table(table[[c for c in cols if c in table and table[c].notna().any()]]))
+    print(markdown_table(run_summary(table)))
     print(f'run folder: {outputs_root(args.out) / name}')
 
 def _cmd_report(args):
@@ -96,14 +94,27 @@ def _cmd_report(args):
     print(f'figures and results.md written to {run}')
 
 def _cmd_summary(args):
-    from zls.report import markdown_table, mean_std_table, summarize_runs
-    sm = summarize_runs(args.runs)
+    from zls.core import atomic_write
+    from zls.report import markdown_table, mean_std_table, run_rows, summarize_rows
+    rows = run_rows(args.runs)
+    sm = summarize_rows(rows)
     md = markdown_table(mean_std_table(sm).assign(runs=sm['runs']))
     print(md)
     if args.out:
-        from zls.core import atomic_write
         atomic_write(args.out, lambda p: Path(p).write_text(md + '\n'))
         print(f'written to {args.out}')
+    if args.csv:
+        atomic_write(args.csv, lambda p: rows.to_csv(p, index=False))
+        print(f'rows (one per run and round) written to {args.csv}')
+
+def _cmd_results(args):
+    from zls.benchmark import update_readme
+    stale = update_readme(args.readme, args.results, check=args.check)
+    if args.check and stale:
+        raise SystemExit(f'zls: error: {args.readme} disagrees with {args.results}/ in table(s) {stale}; '
+                         'run `zls results` to regenerate them')
+    print(f'{args.readme}: ' + ('tables agree with ' + str(args.results) if args.check else
+                                f"regenerated {stale or 'nothing (all tables were current)'}"))
 
 def _run_of(ckpt: Path) -> Path:
     "The run folder of a round checkpoint (`<run>/round_<k>/train.pt`)."
@@ -114,6 +125,7 @@ def _run_of(ckpt: Path) -> Path:
     return run
 
 def _cmd_eval(args):
+    from zls.labeler import parse_views
     from zls.metrics import iou_table, summarize
     from zls.report import markdown_table
     from zls.train import evaluate
@@ -121,9 +133,11 @@ def _cmd_eval(args):
     if not ckpt.is_file(): raise ValueError(f'checkpoint {ckpt} does not exist')
     cfg = run_config(apply_sets(load_config(_run_of(ckpt)).flat(), args.set))
     split, val = split_of(cfg.data), build_datasets(cfg.data)[1]
-    cms = evaluate(model_from_checkpoint(ckpt), val, split, gammas=tuple(args.gamma or [0.0]),
+    views = parse_views(args.views) if args.views else None
+    cms = evaluate(model_from_checkpoint(ckpt), val, split, gammas=tuple(args.gamma or [0.0]), views=views,
                    batch_size=cfg.eval.eval_batch, device=cfg.train.device or None)
-    print(markdown_table(pd.DataFrame({g: summarize(cm, split) for g, cm in cms.items()}).T.rename_axis('gamma')))
+    name = lambda g: f'views ({args.views})' if g == 'views' else f'gamma {g}'
+    print(markdown_table(pd.DataFrame({name(g): summarize(cm, split) for g, cm in cms.items()}).T.rename_axis('')))
     if args.per_class:
         print(markdown_table(pd.concat({g: iou_table(cm, split)['IoU'] for g, cm in cms.items()}, axis=1)))
 
@@ -205,6 +219,7 @@ def parser() -> argparse.ArgumentParser:
                     help='calibration γ; repeatable (default: 0, no calibration)')
     ev.add_argument('--set', action='append', metavar='KEY=VALUE',
                     help="override one of the run's parameters (e.g. data_root, device)")
+    ev.add_argument('--views', help='also evaluate the mean softmax of these views, e.g. multiscale or 1,1f,1.5')
     ev.add_argument('--per-class', action='store_true', help='also print the per-class IoU')
     ev.set_defaults(fn=_cmd_eval)
     lb = sub.add_parser('labels', help="write a round's pseudo-labels", description=
@@ -220,7 +235,15 @@ def parser() -> argparse.ArgumentParser:
                         description='Mean ± std per round over several run folders.')
     sm.add_argument('runs', nargs='+', help='run folders')
     sm.add_argument('--out', help='also write the Markdown table to this file')
+    sm.add_argument('--csv', help='also write every run and round as a CSV row (what results/ keeps)')
     sm.set_defaults(fn=_cmd_summary)
+    rs = sub.add_parser('results', help="regenerate the README's result tables from results/*.csv",
+                        description="Rewrite each generated table of the README from the CSV it names; --check only "
+                                    'compares (exit 1 if any differs).')
+    rs.add_argument('--readme', default=str(PIPELINES.parent / 'README.md'), help="the README (default: the project's)")
+    rs.add_argument('--results', default=str(PIPELINES.parent / 'results'), help='the CSV folder (default: results/)')
+    rs.add_argument('--check', action='store_true', help='compare only; write nothing')
+    rs.set_defaults(fn=_cmd_results)
     d = sub.add_parser('data', help='datasets').add_subparsers(dest='data_cmd', required=True, metavar='DATASET')
     s = d.add_parser('shapes', help='generate the built-in shapes benchmark (once; deterministic)')
     s.add_argument('--root', help='datasets folder (default: $ZLS_DATA or <project>/data)')

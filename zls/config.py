@@ -156,6 +156,8 @@ class EvalConfig(Section):
     "Evaluation (and the batch size of offline labeling, which runs the same way)."
     gamma: float = param(0.6, 'calibration subtracted from seen-class probabilities in the calibrated evaluation')
     eval_batch: int = param(64, 'images per batch when labeling and evaluating')
+    eval_views: str = param('', 'also evaluate the mean softmax of these views: multiscale (0.5-1.75, flipped too) or '
+                                "a list like 1,1f,1.5; empty: single-scale only (the headline either way)")
 
     def check(self):
         need('gamma', self.gamma, 0 <= self.gamma <= 1, 'a probability margin in 0..1')

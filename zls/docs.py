@@ -319,8 +319,8 @@ def _report_path(report) -> Path:
 
 # %% ../nbs/24_docs.ipynb #4846c4ee
 def build_site(out: str | Path | None = None, *, nbs: str | Path | None = None, report: str | Path | None = None,
-               execute: bool = True, workers: int = 2, title: str | None = None, verbose: bool = False) -> Path:
-    "Build the HTML site of the notebooks in `nbs` (and of a run's `report`) into `out`; return `out`."
+               execute: bool | set = True, workers: int = 2, title: str | None = None, verbose: bool = False) -> Path:
+    "Build the HTML site of `nbs` (and a run's `report`) into `out`, executing all pages, none, or the named ones."
     cfg = get_config(path=project_root(nbs) if nbs is not None else None)  # the project of `nbs`, when cwd is elsewhere
     nbs = Path(nbs) if nbs is not None else cfg.nbs_path
     out = Path(out) if out is not None else cfg.config_path / cfg.doc_path
@@ -336,7 +336,8 @@ def build_site(out: str | Path | None = None, *, nbs: str | Path | None = None, 
         names = [n for _, n in pages if n != 'index']
         nav = toctree(names, 'Notebooks') + ('\n\n' + toctree(['run_report'], 'Runs') if rep else '')
         flags = cfg.get('tst_flags', '').split()
-        jobs = [dict(src=str(p), dst=str(src / f'{n}.ipynb'), execute=execute, skip_flags=flags,
+        run = lambda n: execute if isinstance(execute, bool) else n in execute
+        jobs = [dict(src=str(p), dst=str(src / f'{n}.ipynb'), execute=run(n), skip_flags=flags,
                      append_md=nav if n == 'index' else None) for p, n in pages]
         if rep:
             jobs.append(dict(src=str(rep), dst=str(src / 'run_report.ipynb'), execute=False, remove_tags=['parameters'],

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     import pandas as pd  # for the annotations only: the quality table imports pandas when it is built
 
 # %% auto #0
-__all__ = ['IDENTITY', 'DEFAULT_VIEWS', 'View', 'check_views', 'parse_views', 'view_logits', 'considered_idx', 'top_p_mask',
-           'vote', 'intersect', 'label_batch', 'fill_pseudo', 'label_online', 'label_offline', 'PseudoDataset']
+__all__ = ['IDENTITY', 'DEFAULT_VIEWS', 'MULTISCALE_VIEWS', 'NAMED_VIEWS', 'View', 'check_views', 'parse_views', 'view_logits',
+           'considered_idx', 'top_p_mask', 'vote', 'intersect', 'label_batch', 'fill_pseudo', 'label_online',
+           'label_offline', 'PseudoDataset']
 
 # %% ../nbs/12_labeler.ipynb #aa4ad390
 def _resize(x: torch.Tensor, size, mode: str | None = None) -> torch.Tensor:
@@ -59,6 +60,8 @@ class View:
 
 IDENTITY = (View(),)  # plain self-training: no consistency
 DEFAULT_VIEWS = (View(), View(1.0, True), View(1.5), View(1.5, True), View(1.75), View(1.75, True))  # as STRICT
+# mmsegmentation's multi-scale + flip test (its `aug_test`): scales 0.5-1.75 in steps of 0.25, each also flipped
+MULTISCALE_VIEWS = tuple(View(s, f) for s in (1.0, 0.5, 0.75, 1.25, 1.5, 1.75) for f in (False, True))
 
 # %% ../nbs/12_labeler.ipynb #0f6cd99b
 def check_views(views) -> tuple[View, ...]:
@@ -71,13 +74,15 @@ def check_views(views) -> tuple[View, ...]:
                          'Pass e.g. (View(),) + views')
     return (View(),) + tuple(dict.fromkeys(v for v in views if v != View()))
 
+NAMED_VIEWS = dict(default=DEFAULT_VIEWS, identity=IDENTITY, multiscale=MULTISCALE_VIEWS)
+
 def parse_views(spec: str) -> tuple[View, ...]:
-    "Checked views from 'default', 'identity' or a comma list like '1,1f,1.5,1.5f' (f: flipped)."
-    if spec == 'default': return DEFAULT_VIEWS
-    if spec == 'identity': return IDENTITY
+    "Checked views from a name (default, identity, multiscale) or a comma list like '1,1f,1.5,1.5f' (f: flipped)."
+    if spec in NAMED_VIEWS: return NAMED_VIEWS[spec]
     try: views = tuple(View(float(t.strip().rstrip('f')), t.strip().endswith('f')) for t in spec.split(','))
     except ValueError:
-        raise ValueError(f"views must be 'default', 'identity' or a list like '1,1f,1.5,1.5f'; got {spec!r}") from None
+        raise ValueError(f"views must be one of {', '.join(NAMED_VIEWS)} or a list like '1,1f,1.5,1.5f'; "
+                         f'got {spec!r}') from None
     return check_views(views)
 
 # %% ../nbs/12_labeler.ipynb #040d4524

@@ -8,6 +8,7 @@ from types import ModuleType
 import pandas as pd
 from . import fs4, pseudoseg, strict, supervised
 from .config import COMMON, RunConfig
+from .labeler import parse_views
 
 # %% auto #0
 __all__ = ['METHODS', 'DEFAULT_METHOD', 'INTERFACE', 'get_method', 'owners', 'run_config', 'rounds_of', 'parameters']
@@ -44,6 +45,9 @@ def run_config(params: dict | RunConfig, *, legacy: bool = False) -> RunConfig:
         else: raise ValueError(f"parameter {k} belongs to method {' / '.join(elsewhere)}, not method={name}: "
                                f'set method={elsewhere[0]}, or leave {k} out')
     cfg = RunConfig.from_flat(dict(flat, method=name), mod.Config)
+    if cfg.eval.eval_views:  # checked here: the views' parser belongs to the labeler, above the configuration
+        try: parse_views(cfg.eval.eval_views)
+        except ValueError as e: raise ValueError(f'eval_views={cfg.eval.eval_views!r} is invalid: {e}') from None
     if cfg.train.nproc > 1 and not mod.MULTI_PROCESS:
         raise ValueError(f'nproc={cfg.train.nproc} is invalid: method={name} runs in one process; set nproc=1')
     return cfg

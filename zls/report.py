@@ -19,8 +19,9 @@ from .splits import Split
 from .train import model_from_checkpoint
 
 # %% auto #0
-__all__ = ['load_rounds', 'rounds_table', 'markdown_table', 'summarize_runs', 'mean_std_table', 'plot_rounds',
-           'plot_pseudo_quality', 'to_label_ids', 'example_grid', 'save_report']
+__all__ = ['SUMMARY_COLUMNS', 'RUN_COLUMNS', 'load_rounds', 'rounds_table', 'markdown_table', 'run_summary', 'run_rows',
+           'summarize_rows', 'summarize_runs', 'mean_std_table', 'plot_rounds', 'plot_pseudo_quality', 'to_label_ids',
+           'example_grid', 'save_report']
 
 # %% ../nbs/14_report.ipynb #f4646cc5
 def load_rounds(run_dir) -> list[dict]:
@@ -44,12 +45,14 @@ def rounds_table(run_dir) -> pd.DataFrame:
     rows = []
     for m in load_rounds(run_dir):
         pl, cal = m['plain'], m.get('calibrated', {})  # methods without seen/unseen classes (fs4) lack some columns
+        vw = m.get('views', {})  # the multi-scale evaluation, when the run has eval_views
         p_prec, p_cov = _overall(m.get('pseudo'))
         i_prec, i_cov = _overall(m.get('pseudo_identity'))
         g = lambda d, k: d.get(k, np.nan)
         rows.append(dict(round=m['round'], seen=g(pl, 'mIoU_seen'), unseen=g(pl, 'mIoU_unseen'), hIoU=g(pl, 'hIoU'),
                          mIoU=g(pl, 'mIoU'), pixel_acc=g(pl, 'pixel_acc'),
                          cal_seen=g(cal, 'mIoU_seen'), cal_unseen=g(cal, 'mIoU_unseen'), cal_hIoU=g(cal, 'hIoU'),
+                         views_hIoU=g(vw, 'hIoU'), views_mIoU=g(vw, 'mIoU'),
                          pseudo_precision=p_prec, pseudo_coverage=p_cov,
                          single_view_precision=i_prec, single_view_coverage=i_cov,
                          minutes=sum(m.get('times', {}).values()) / 60))
@@ -65,13 +68,29 @@ def markdown_table(df: pd.DataFrame, *, digits: int = 1) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/14_report.ipynb #1794847f
-def summarize_runs(run_dirs, *,
-                   columns=('seen', 'unseen', 'hIoU', 'pseudo_precision', 'single_view_precision')) -> pd.DataFrame:
-    "Mean and standard deviation per round over several runs' tables."
-    tabs = pd.concat({Path(d).name: rounds_table(d)[list(columns)] for d in run_dirs}, names=['run'])
-    g = tabs.groupby(level='round')
+SUMMARY_COLUMNS = ('seen', 'unseen', 'hIoU', 'pseudo_precision', 'single_view_precision')
+# what `zls run` prints per round, in this order, leaving out columns a method does not measure
+RUN_COLUMNS = ('seen', 'unseen', 'hIoU', 'mIoU', 'cal_hIoU', 'views_hIoU', 'views_mIoU', 'pseudo_precision',
+               'single_view_precision', 'pixel_acc', 'minutes')
+
+def run_summary(table: pd.DataFrame, *, minutes: bool = True) -> pd.DataFrame:
+    "The columns of a `rounds_table` that `zls run` prints (without the timing-dependent `minutes` if not `minutes`)."
+    cols = [c for c in RUN_COLUMNS if c in table and table[c].notna().any() and (minutes or c != 'minutes')]
+    return table[cols]
+
+def run_rows(run_dirs) -> pd.DataFrame:
+    "Every round of several runs, one row each (`run` is the folder's name): what a results CSV keeps."
+    return pd.concat({Path(d).name: rounds_table(d) for d in run_dirs}, names=['run']).reset_index()
+
+def summarize_rows(rows: pd.DataFrame, *, columns=SUMMARY_COLUMNS) -> pd.DataFrame:
+    "Mean and standard deviation per round over the runs of `run_rows` (or a CSV of them)."
+    g = rows.set_index(['run', 'round'])[list(columns)].groupby(level='round')
     out = pd.concat({'mean': g.mean(), 'std': g.std(ddof=0)}, axis=1).swaplevel(axis=1)
     return out[[(c, s) for c in columns for s in ('mean', 'std')]].assign(runs=g.size())
+
+def summarize_runs(run_dirs, *, columns=SUMMARY_COLUMNS) -> pd.DataFrame:
+    "Mean and standard deviation per round over several runs' tables."
+    return summarize_rows(run_rows(run_dirs), columns=columns)
 
 def mean_std_table(summary: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
     "A 'mean ± std' string table from `summarize_runs`."

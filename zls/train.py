@@ -21,6 +21,7 @@ from .core import IGNORE_INDEX, DataError, atomic_write, get_device, pin_threads
 from .data import build_datasets, split_of
 from .datasets import normalize, size_batches
 from .distributed import all_mean, barrier, is_main, rank, shard, world_size
+from .labeler import parse_views, view_logits
 from .metrics import ConfusionMatrix, iou_table, summarize
 from .model import BACKBONES, build_model, calibrate, param_groups
 from .splits import Split
@@ -228,18 +229,21 @@ def train(model, dataset, opts: TrainConfig, *, iters: int, seed: int, ckpt=None
 
 # %% ../nbs/13_train.ipynb #627180c9
 @torch.no_grad()
-def evaluate(model, dataset, split: Split, *, gammas=(0.0,), batch_size: int = 32, device=None,
+def evaluate(model, dataset, split: Split, *, gammas=(0.0,), views=None, batch_size: int = 32, device=None,
              progress: bool = False) -> dict:
-    "Confusion matrices over `dataset` (items with `image` and raw `label`) for each calibration γ."
+    "Confusion matrices over `dataset` for each calibration γ, and under key `'views'` the mean of `views`' softmaxes."
     device = get_device(device)
     model.to(device).eval()
     if world_size() > 1: dataset = Subset(dataset, shard(len(dataset)))
     cms = {g: ConfusionMatrix(split.n_classes) for g in gammas}
+    if views: cms['views'] = ConfusionMatrix(split.n_classes)
     for batch in tqdm(size_batches(dataset, batch_size), disable=not (progress and is_main()), desc='eval'):
         x = normalize(torch.stack([b['image'] for b in batch]).to(device))
         y = split.encode(torch.stack([b['label'] for b in batch]).to(device), train=False)
-        logits = model(x).float()
-        for g, cm in cms.items(): cm.update(calibrate(logits, split.seen_idx, g).argmax(1), y)
+        with torch.no_grad():
+            logits = model(x).float()  # single-scale on its own: the headline numbers do not depend on `views`
+            for g in gammas: cms[g].update(calibrate(logits, split.seen_idx, g).argmax(1), y)
+            if views: cms['views'].update(view_logits(model, x, views).float().softmax(2).mean(0).argmax(1), y)
     for cm in cms.values(): cm.reduce_()  # once per matrix; a no-op without a process group
     return {g: cm.mat.cpu() for g, cm in cms.items()}
 
@@ -327,10 +331,12 @@ def evaluate_round(r: Round, *, extra=None) -> dict:
     "Evaluate the trained student (with and without calibration) and write `metrics.json` last; `extra(r, ck)` adds."
     t0, ev = time.time(), r.cfg.eval
     ck = load_checkpoint(r.ckpt)  # read once: the model and the loss log both come from it
-    cms = evaluate(model_from_checkpoint(ck), r.val_set, r.split, gammas=(0.0, ev.gamma), batch_size=ev.eval_batch,
-                   device=r.device)
+    views = parse_views(ev.eval_views) if ev.eval_views else None
+    cms = evaluate(model_from_checkpoint(ck), r.val_set, r.split, gammas=(0.0, ev.gamma), views=views,
+                   batch_size=ev.eval_batch, device=r.device)
     res = dict(round=r.k, params=r.cfg.flat(), times=r.times)
-    for g, name in ((0.0, 'plain'), (ev.gamma, 'calibrated')):
+    for g, name in ((0.0, 'plain'), (ev.gamma, 'calibrated'), ('views', 'views')):
+        if g not in cms: continue
         res[name] = summarize(cms[g], r.split)
         res[name + '_iou'] = iou_table(cms[g], r.split)['IoU'].to_dict()
     for sub in ('pseudo', 'pseudo_identity'):

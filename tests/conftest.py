@@ -1,0 +1,19 @@
+"""Shared by the test files: the tiny size of a test run, and one finished tiny STRICT run that tests read or copy."""
+from pathlib import Path
+import pytest
+from zls.pipeline import run_rounds
+
+# small enough for seconds per round on 2 cores, big enough that every unseen class occurs
+TINY = dict(n_train=48, n_val=24, iters0=40, iters=20, batch_size=8, eval_batch=24, log_every=20, ckpt_every=20)
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: trains, starts processes or a browser (make test-fast leaves it out)')
+
+
+@pytest.fixture(scope='session')
+def strict_run(tmp_path_factory) -> Path:
+    "Rounds 0-1 of a tiny STRICT run with its report, made once per session; tests that change it work on a copy."
+    out = tmp_path_factory.mktemp('shared')
+    run_rounds('tiny', rounds=1, out_root=out, data_root=str(out / 'data'), **TINY)
+    return out / 'tiny'
