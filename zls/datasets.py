@@ -22,8 +22,9 @@ def check_ids(label: np.ndarray, valid_ids, path) -> np.ndarray:
     bad = [int(v) for v in present if v not in valid_ids]
     if bad:
         n = int(np.isin(label, bad).sum())
+        top = max(valid_ids - {IGNORE_INDEX})
         raise DataError(f'{path}: label ids {bad} ({n} pixels) are not classes of this dataset (valid: '
-                        f'{min(valid_ids)}..{max(valid_ids - {IGNORE_INDEX})} and {IGNORE_INDEX}); fix or re-create the mask')
+                        f'{min(valid_ids)}..{top} and {IGNORE_INDEX}); fix or re-create the mask')
     return label
 
 # %% ../nbs/03_datasets.ipynb #42ffca4c
