@@ -199,34 +199,43 @@ def label_online(generator: nn.Module, images: torch.Tensor, targets: torch.Tens
     return fill_pseudo(targets, label_batch(generator, images, targets, split, views=views, top_p=top_p), split)
 
 # %% ../nbs/12_labeler.ipynb #6fadeba2
+def _fresh(out_dir: Path) -> Path:
+    "Create `out_dir`; on rank 0 remove its completion marker, since a stale one would call a half-written folder done."
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if is_main(): (out_dir / 'quality.csv').unlink(missing_ok=True)
+    return out_dir
+
 def label_offline(generator: nn.Module, dataset, split: Split, out_dir, *, views=DEFAULT_VIEWS, top_p: float = 100,
-                  batch_size: int = 32, device=None, progress: bool = True, num_workers: int = 0) -> 'pd.DataFrame':
+                  batch_size: int = 32, device=None, progress: bool = True, num_workers: int = 0,
+                  identity_dir=None) -> 'pd.DataFrame':
     "Pseudo-label every item of `dataset` into `out_dir/<name>.png`; write and return the quality table."
     top_p, views = _check_top_p(top_p), check_views(views)
     if batch_size < 1: raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if is_main():  # a stale marker would call a half-written folder complete
-        (out_dir / 'quality.csv').unlink(missing_ok=True)
-    barrier()  # ... so no rank overwrites a map before the marker is gone
+    dirs = [_fresh(Path(out_dir))] + ([_fresh(Path(identity_dir))] if identity_dir is not None else [])
+    barrier()  # ... so no rank overwrites a map before the markers are gone
     if world_size() > 1: dataset = Subset(dataset, shard(len(dataset)))
     device = get_device(device)
     generator.to(device)
-    quality = PseudoQuality(split.n_classes)
+    qualities = [PseudoQuality(split.n_classes) for _ in dirs]
     with tqdm(total=len(dataset), desc='pseudo-labels', disable=not (progress and is_main())) as bar:
         for items in size_batches(dataset, batch_size, num_workers=num_workers):
             images = normalize(torch.stack([it['image'] for it in items]).to(device))
             labels = torch.stack([torch.as_tensor(it['label']) for it in items]).to(device)
             targets = split.encode(labels, train=True)
-            pseudo = label_batch(generator, images, targets, split, views=views, top_p=top_p)
-            quality.update(pseudo, split.encode(labels, train=False), split.candidates(targets))
-            for it, p in zip(items, pseudo.cpu()): save_mask(out_dir / f"{it['name']}.png", p)
+            cands, hidden = split.candidates(targets), split.encode(labels, train=False)
+            sub = view_logits(generator, images, views, classes=considered_idx(split), n_classes=split.n_classes)
+            # the identity view's own labels come from the logits already computed: no second pass
+            for d, q, s in zip(dirs, qualities, (sub, sub[:1])):
+                pseudo = vote(s, cands, split, top_p)
+                q.update(pseudo, hidden, cands)
+                for it, p in zip(items, pseudo.cpu()): save_mask(d / f"{it['name']}.png", p)
             bar.update(len(items))
-    table = quality.reduce_().table(split.names)  # summed over ranks once; a no-op for one process
+    tables = [q.reduce_().table(split.names) for q in qualities]  # summed over ranks once; no-op for one process
     barrier()  # every rank's maps are written
-    if is_main(): atomic_write(out_dir / 'quality.csv', lambda p: table.to_csv(p))
-    barrier()  # no rank returns before the marker exists
-    return table
+    if is_main():
+        for d, t in zip(dirs, tables): atomic_write(d / 'quality.csv', lambda p, t=t: t.to_csv(p))
+    barrier()  # no rank returns before the markers exist
+    return tables[0]
 
 # %% ../nbs/12_labeler.ipynb #877b2b3e
 class PseudoDataset(Dataset):

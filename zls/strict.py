@@ -49,10 +49,12 @@ def label_round(r: Round) -> pd.DataFrame | None:
     if r.generator is None or r.opts.labeling != 'offline': return None
     t0 = time.time()
     kw = dict(top_p=r.opts.top_p, batch_size=r.cfg.eval.eval_batch, device=r.device)
-    if not (r.pseudo_dir / 'quality.csv').exists():
-        label_offline(r.generator, r.train_set, r.split, r.pseudo_dir, views=parse_views(r.opts.views), **kw)
-    if not (r.dir / 'pseudo_identity' / 'quality.csv').exists():
-        label_offline(r.generator, r.train_set, r.split, r.dir / 'pseudo_identity', views=IDENTITY, **kw)
+    single = r.dir / 'pseudo_identity'  # what the identity view alone labels: the diagnostic of the intersection
+    if not (r.pseudo_dir / 'quality.csv').exists():  # one pass writes both
+        label_offline(r.generator, r.train_set, r.split, r.pseudo_dir, views=parse_views(r.opts.views), **kw,
+                      identity_dir=None if (single / 'quality.csv').exists() else single)
+    elif not (single / 'quality.csv').exists():  # a folder of an older zls that stopped in between
+        label_offline(r.generator, r.train_set, r.split, single, views=IDENTITY, **kw)
     r.times['label_s'] = round(time.time() - t0, 1)
     return pd.read_csv(r.pseudo_dir / 'quality.csv', index_col=0)
 
