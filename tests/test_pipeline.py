@@ -5,7 +5,9 @@ import papermill as pm
 import psutil
 import pytest
 from zls.methods import run_config
+import pandas as pd
 from zls.pipeline import PIPELINES, RoundFailed, run_rounds
+from zls.report import example_grid
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,9 +26,16 @@ def test_tiny_run_through_papermill(strict_run):
     run = strict_run
     data_root = json.loads((run / 'run.json').read_text())['params']['data_root']
     for f in ('run.json', 'round_0.ipynb', 'round_1.ipynb', 'report.ipynb', 'results.md', 'results.csv',
-              'rounds.png', 'pseudo_quality.png', 'examples.png', 'round_0/metrics.json', 'round_1/metrics.json',
-              'round_1/pseudo/quality.csv', 'round_1/pseudo_identity/quality.csv'):
+              'rounds.png', 'pseudo_quality.png', 'curves.png', 'examples.png', 'round_0/metrics.json',
+              'round_1/metrics.json', 'round_1/pseudo/quality.csv', 'round_1/pseudo_identity/quality.csv',
+              'round_0/train_log.csv', 'round_1/train_log.csv'):
         assert (run / f).exists(), f
+    assert list(pd.read_csv(run / 'round_0' / 'train_log.csv')['step']) == list(range(1, TINY['iters0'] + 1))
+    assert any((run / 'round_1' / 'tb').glob('events.out.tfevents.*'))  # TensorBoard's files
+    fig = example_grid(run, n=2)
+    labels = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert 'unlabeled / not scored' in labels and any(l.split()[0] in ('red', 'green', 'blue', 'yellow')
+                                                      for l in labels), labels  # each colour drawn is named
     m1 = json.loads((run / 'round_1/metrics.json').read_text())
     assert m1['params']['iters'] == 20
     shown = (run / 'round_1.ipynb').read_text()  # the executed round shows every parameter it ran with

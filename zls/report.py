@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 import seaborn as sns
+from matplotlib.patches import Patch
 import torch
 from .core import IGNORE_INDEX, atomic_write, load_mask
 from .datasets import colorize, normalize
@@ -20,8 +21,8 @@ from .train import model_from_checkpoint
 
 # %% auto #0
 __all__ = ['SUMMARY_COLUMNS', 'RUN_COLUMNS', 'load_rounds', 'rounds_table', 'markdown_table', 'run_summary', 'run_rows',
-           'summarize_rows', 'summarize_runs', 'mean_std_table', 'plot_rounds', 'plot_pseudo_quality', 'to_label_ids',
-           'example_grid', 'save_report']
+           'summarize_rows', 'summarize_runs', 'mean_std_table', 'plot_rounds', 'plot_pseudo_quality', 'plot_curves',
+           'to_label_ids', 'example_grid', 'save_report']
 
 # %% ../nbs/14_report.ipynb #f4646cc5
 def load_rounds(run_dir) -> list[dict]:
@@ -112,6 +113,13 @@ def plot_rounds(table: pd.DataFrame):
         sns.barplot(d, x='round', y='mIoU', hue='metric', ax=ax)
         ax.set_title('calibrated' if cal else 'no calibration')
         ax.set_ylim(0, 100)
+    return _legend_outside(fig, axs)
+
+def _legend_outside(fig, axs):
+    "One legend, right of the last panel, so that it covers no bar."
+    for ax in axs[:-1]:
+        if ax.get_legend(): ax.get_legend().remove()
+    axs[-1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -138,9 +146,24 @@ def plot_pseudo_quality(run_dir):
         ax.set_ylim(0, 100)
         ax.set_xlabel('')
         ax.tick_params(axis='x', rotation=30)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _legend_outside(fig, axs)
+
+def plot_curves(run_dir, *, smooth: int = 25):
+    "Each round's training loss (a running mean over `smooth` steps) and throughput, from its `train_log.csv`."
+    fig, axs = plt.subplots(1, 2, figsize=(10, 3.2))
+    logs = {p.parent.name: pd.read_csv(p) for p in sorted(Path(run_dir).glob('round_*/train_log.csv'))}
+    if not logs:
+        for ax in axs:
+            ax.text(0.5, 0.5, 'no train_log.csv (a run of an older zls)', ha='center')
+            ax.axis('off')
+        return fig
+    for name, d in logs.items():
+        axs[0].plot(d['step'], d['loss'].rolling(smooth, min_periods=1).mean(), label=name.replace('_', ' '))
+        axs[1].plot(d['step'], d['images_per_s'].rolling(smooth, min_periods=1).median(), label=name.replace('_', ' '))
+    axs[0].set(xlabel='step', ylabel='loss', yscale='log', title=f'training loss (mean of {smooth} steps)')
+    axs[1].set(xlabel='step', ylabel='images / s', title='throughput')
+    axs[1].set_ylim(bottom=0)
+    return _legend_outside(fig, axs)
 
 # %% ../nbs/14_report.ipynb #08c969c5
 def to_label_ids(m, split: Split) -> np.ndarray:
@@ -161,27 +184,37 @@ def example_grid(run_dir, *, n: int = 6, image_set: str = 'train'):
     for m in rounds: cols += (['pseudo'] if m['round'] > 0 and image_set == 'train' else []) + ['prediction']
     fig, axs = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n), squeeze=False)
     idx = np.linspace(0, len(ds) - 1, n).astype(int)
+    shown = set()  # label ids drawn anywhere: the legend's classes
     for row, i in zip(axs, idx):
         it = ds[int(i)]
         truth = split.encode(it['label'], train=False)
-        panels = [it['image'].permute(1, 2, 0).numpy(), colorize(to_label_ids(truth, split))]
+        ids_of = [to_label_ids(truth, split)]
+        panels = [it['image'].permute(1, 2, 0).numpy(), colorize(ids_of[0])]
         titles = ['image', 'truth']
         for m, model in zip(rounds, models):
             k = m['round']
             pdir = Path(run_dir) / f'round_{k}' / 'pseudo'
             if k > 0 and image_set == 'train':
                 png = pdir / f"{it['name']}.png"
-                if png.exists(): panels.append(colorize(to_label_ids(load_mask(png), split)))
+                if png.exists():
+                    ids_of.append(to_label_ids(load_mask(png), split))
+                    panels.append(colorize(ids_of[-1]))
                 else: panels.append(np.zeros_like(panels[1]))
                 titles.append(f'pseudo r{k}')
-            pred = model(normalize(it['image'][None])).argmax(1)[0]
-            panels.append(colorize(to_label_ids(pred, split)))
+            ids_of.append(to_label_ids(model(normalize(it['image'][None])).argmax(1)[0], split))
+            panels.append(colorize(ids_of[-1]))
             titles.append(f'pred r{k}')
         for ax, im, ti in zip(row, panels, titles):
             ax.imshow(im)
             ax.set_title(ti, fontsize=8)
             ax.axis('off')
+        shown |= {int(v) for v in np.unique(np.stack(ids_of))}
+    names = dict(zip(split.label_ids, split.classes))
+    handles = [Patch(color=colorize(np.array([[i]]))[0, 0] / 255, label=names[i]) for i in sorted(shown) if i in names]
+    handles.append(Patch(color=colorize(np.array([[IGNORE_INDEX]]))[0, 0] / 255, label='unlabeled / not scored'))
     fig.tight_layout()
+    fig.legend(handles=handles, loc='upper center', bbox_to_anchor=(0.5, 0), ncol=min(4, len(handles)), fontsize=7,
+               frameon=False)  # below the grid: each colour's class
     return fig
 
 # %% ../nbs/14_report.ipynb #43ba6089

@@ -28,8 +28,9 @@ from .splits import Split
 
 # %% auto #0
 __all__ = ['augment', 'batch_indices', 'StepBatches', 'zls_loss', 'make_optimizer', 'poly_schedule', 'rng_state', 'set_rng_state',
-           'save_checkpoint', 'load_checkpoint', 'resume', 'fit', 'distributed', 'train', 'evaluate', 'segmenter_args',
-           'model_from_checkpoint', 'round_dir', 'Round', 'make_round', 'write_metrics', 'evaluate_round']
+           'save_checkpoint', 'load_checkpoint', 'StepLog', 'resume', 'fit', 'distributed', 'train', 'evaluate',
+           'segmenter_args', 'model_from_checkpoint', 'round_dir', 'Round', 'make_round', 'write_metrics',
+           'evaluate_round']
 
 # %% ../nbs/13_train.ipynb #09b03495
 def augment(image: torch.Tensor, target: torch.Tensor, *, crop: int, scale=(0.5, 1.5), flip: bool = True,
@@ -140,6 +141,48 @@ def load_checkpoint(path, *, map_location='cpu') -> dict:
         fix = f'delete it and {done} to retrain that round' if done.exists() else 'delete it to retrain'
         raise DataError(f'checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]}); {fix}') from None
 
+# %% ../nbs/13_train.ipynb #5c0a7e02
+def _images(batch) -> int:
+    "Images in a batch: the leading size of every 4-D tensor in it (nested tuples and lists included)."
+    if isinstance(batch, torch.Tensor): return batch.shape[0] if batch.ndim == 4 else 0
+    if isinstance(batch, (tuple, list)): return sum(_images(b) for b in batch)
+    return 0
+
+class StepLog:
+    "Per-step training rows in a CSV (and TensorBoard events if installed), kept up to step `start` on resume."
+    def __init__(self, csv_path, start: int = 0, *, tensorboard: bool = True):
+        self.path, self.rows, self.fields, self.tb = Path(csv_path), [], None, None
+        if self.path.exists():
+            old = pd.read_csv(self.path)
+            self.fields = list(old.columns)
+            kept = old[old['step'] <= start]
+            atomic_write(self.path, lambda f: kept.to_csv(f, index=False))
+        if tensorboard:
+            try: from torch.utils.tensorboard import SummaryWriter
+            except ImportError: SummaryWriter = None  # e.g. a GPU machine where zls was installed without deps
+            if SummaryWriter is not None:
+                self.tb = SummaryWriter(str(self.path.parent / 'tb'), purge_step=start + 1 if start else None)
+
+    def add(self, row: dict):
+        "Buffer one step's row (`step` first) and send its scalars to TensorBoard."
+        self.rows.append(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != 'step': self.tb.add_scalar(f'train/{k}', v, row['step'])
+
+    def flush(self):
+        "Append the buffered rows to the CSV (its header on first write)."
+        if not self.rows: return
+        self.fields = self.fields or list(self.rows[0])
+        new = not self.path.exists()
+        pd.DataFrame(self.rows, columns=self.fields).to_csv(self.path, mode='a', header=new, index=False)
+        self.rows = []
+        if self.tb is not None: self.tb.flush()
+
+    def close(self):
+        self.flush()
+        if self.tb is not None: self.tb.close()
+
 # %% ../nbs/13_train.ipynb #36c4690b
 def resume(ckpt, model, optimizer, scheduler) -> tuple[int, list]:
     "Load `ckpt` (if it exists) into model, optimizer, scheduler and the RNGs; its step and log, else (0, [])."
@@ -163,15 +206,22 @@ def fit(model, batches, step, *, optimizer, scheduler, iters: int, ckpt=None, ck
     if start and is_main(): print(f'{ckpt}: resuming at step {start}/{iters}')
     end = iters if stop_at is None else min(iters, stop_at)  # stop_at: train in chunks; the schedule spans iters
     t0, run = time.time(), []
+    curves = StepLog(Path(ckpt).parent / 'train_log.csv', start) if ckpt is not None and is_main() else None
     bar = tqdm(total=iters, initial=start, disable=not (progress and is_main()), mininterval=2, desc=desc)
+    t_step = time.time()
     for k, batch in zip(range(start, end), batches(start, end)):
         loss, extras = step(k, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        lr = optimizer.param_groups[0]['lr']  # the rate this step used
         scheduler.step()
         run.append(dict(loss=loss.item(), **extras))
         bar.update(1)
+        if curves is not None:
+            dt, t_step = time.time() - t_step, time.time()
+            curves.add(dict(step=k + 1, **run[-1], lr=lr, step_s=round(dt, 4),
+                            images_per_s=round(_images(batch) * world_size() / max(dt, 1e-9), 1)))
         if (k + 1) % log_every == 0 or k + 1 == iters:
             means = {n: all_mean(np.mean([r[n] for r in run])) for n in run[0]}
             log.append(dict(step=k + 1, **means, lr=optimizer.param_groups[0]['lr'], secs=round(time.time() - t0, 1)))
@@ -181,10 +231,12 @@ def fit(model, batches, step, *, optimizer, scheduler, iters: int, ckpt=None, ck
                 print(f"step {k + 1:>6}/{iters}  {shown}  lr {log[-1]['lr']:.2e}  {log[-1]['secs']}s", flush=True)
         if (k + 1) % ckpt_every == 0 or k + 1 == end:
             if ckpt is not None and is_main():
+                curves.flush()  # rows up to the checkpoint's step are on disk before it is
                 save_checkpoint(ckpt, model=model, step=k + 1, optimizer=optimizer, scheduler=scheduler,
                                 meta=dict(meta or {}, log=log))
             barrier()  # the other ranks wait for rank 0's file
     bar.close()
+    if curves is not None: curves.close()
     return dict(log=log, start=start, skipped=False)
 
 # %% ../nbs/13_train.ipynb #04e26b4c
