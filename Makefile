@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.zls-installed
 RUN ?= shapes-default
 
-.PHONY: setup browser run benchmark lab docs test test-fast results check-sync lint nbtest pytest clean-venv
+.PHONY: setup browser run benchmark lab docs test test-fast results speed gpu-check check-sync lint nbtest pytest clean-venv
 
 $(STAMP): constraints.txt settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -77,6 +77,23 @@ test-fast: setup
 	$(MAKE) --no-print-directory lint
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing --skip_file_re '$(FAST_SKIP)'
 	$(BIN)/pytest -q -m 'not slow' tests
+
+# training, labeling and evaluation images/s on this machine's CPU: the small backbone at 64 px, and DeepLabv3
+# ResNet-101 at crop 321, batch 2 (a few steps); the README's speed table comes from results/speed_cpu.csv
+speed: setup
+	$(BIN)/zls speed --backbone small --crop 64 --batch 16 --steps 20 --device cpu --out results/speed_cpu.csv
+	$(BIN)/zls speed --backbone deeplabv3_resnet101 --crop 321 --batch 2 --steps 3 --warmup 1 --device cpu \
+	  --out results/speed_cpu.csv --append
+
+# the GPU path, on a GPU machine whose Python already has torch and torchvision (no registry needed): zls goes in
+# without dependencies over that torch, then DeepLabv3 ResNet-101 speed (crop 321, batch 8, bfloat16) and a tiny
+# STRICT run on CUDA, one summary line. Fails at once, saying so, where no GPU is visible.
+GPU_PYTHON ?= python3
+gpu-check:
+	@$(GPU_PYTHON) -c "import torch, sys; torch.cuda.is_available() or sys.exit('gpu-check: no CUDA GPU visible to ' + \
+	  'this Python (torch ' + torch.__version__ + '); run make gpu-check on a GPU machine')"
+	$(GPU_PYTHON) -m pip install -q --no-deps --no-build-isolation -e . || echo "gpu-check: pip could not install zls; using it from the checkout"
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m zls.cli gpu-check
 
 # the README's result tables, regenerated from results/*.csv (the tests check that they agree)
 results: setup

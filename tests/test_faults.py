@@ -249,3 +249,13 @@ def test_the_thread_environment_does_not_change_results(strict_run, tmp_path):
         metrics[omp] = json.dumps([m['plain'], [{k: v for k, v in e.items() if k != 'secs'} for e in m['log']]])
     assert metrics['1'] == metrics['4']
     assert json.loads((strict_run / 'round_0' / 'metrics.json').read_text())['plain'] == json.loads(metrics['1'])[0]
+
+
+def test_gpu_check_says_there_is_no_gpu():
+    import torch
+    if torch.cuda.is_available(): pytest.skip('a GPU is visible: make gpu-check runs for real')
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run(['make', '--no-print-directory', 'gpu-check', f'GPU_PYTHON={sys.executable}'], cwd=root,
+                         capture_output=True, text=True)
+    assert res.returncode != 0
+    assert 'gpu-check: no CUDA GPU visible to this Python' in res.stderr

@@ -10,18 +10,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
-from .core import atomic_write, outputs_root
+import tempfile
+import torch
+from torch.utils.data import Dataset
+from .core import atomic_write, get_device, outputs_root, pin_threads
+from .config import TrainConfig
+from .data import LabeledSet
+from .datasets import normalize, size_batches
+from .embeddings import class_embeddings
+from .labeler import label_offline, parse_views
+from .model import build_model
+from .splits import get_split
 from .config import RunConfig
 from .methods import METHODS, run_config
 from .pipeline import load_config, run_rounds
-from .train import round_dir
+from .train import evaluate, round_dir, train
 from .report import markdown_table, mean_std_table, rounds_table, run_summary, summarize_rows
 
 # %% auto #0
-__all__ = ['ZERO', 'UNSUP', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'ENTRIES', 'METRICS', 'README_TABLES', 'Entry',
-           'semi', 'pick', 'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0', 'run_name',
-           'run_benchmark', 'benchmark_rows', 'benchmark_table', 'plot_benchmark', 'strict_seeds_table',
-           'strict_seed0_table', 'family_table', 'semi_table', 'update_readme']
+__all__ = ['ZERO', 'UNSUP', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'ENTRIES', 'METRICS', 'README_TABLES',
+           'GPU_NEEDS', 'Entry', 'semi', 'pick', 'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0',
+           'run_name', 'run_benchmark', 'benchmark_rows', 'benchmark_table', 'plot_benchmark', 'strict_seeds_table',
+           'strict_seed0_table', 'family_table', 'semi_table', 'update_readme', 'SyntheticSet', 'speed', 'gpu_check']
 
 # %% ../nbs/21_benchmark.ipynb #fc1cb0da
 @dataclass
@@ -235,3 +245,115 @@ def update_readme(readme, results, *, check: bool = False) -> list[str]:
     new = _TABLE.sub(regenerate, text)
     if stale and not check: atomic_write(readme, lambda p: Path(p).write_text(new, encoding='utf-8'))
     return stale
+
+# %% ../nbs/21_benchmark.ipynb #8f2d0b02
+class SyntheticSet(Dataset):
+    "`n` items `dict(image, label, name)` of side `size`: noise with a few class rectangles and void borders."
+    def __init__(self, n: int, size: int, n_classes: int, *, seed: int = 0):
+        self.n, self.size, self.n_classes, self.seed = n, size, n_classes, seed
+        self.names = [f'syn_{i:05d}' for i in range(n)]
+    def __len__(self) -> int: return self.n
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + i)
+        s = self.size
+        image = torch.randint(0, 256, (3, s, s), generator=g, dtype=torch.uint8)
+        label = torch.zeros(s, s, dtype=torch.uint8)
+        for _ in range(3):
+            y, x = torch.randint(0, s // 2, (2,), generator=g).tolist()
+            h, w = torch.randint(s // 8 + 1, s // 2 + 1, (2,), generator=g).tolist()
+            c = int(torch.randint(1, self.n_classes, (1,), generator=g))
+            label[y:y + h, x:x + w] = 255  # a void band around each object, as in VOC
+            label[y + 1:y + h - 1, x + 1:x + w - 1] = c
+            image[:, y:y + h, x:x + w] = torch.tensor([40 * (c % 6), 30 * (c % 8), 20 * (c % 12)])[:, None, None]
+        return dict(image=image, label=label, name=self.names[i])
+
+def _sync(device: torch.device):
+    if device.type == 'cuda': torch.cuda.synchronize(device)
+
+def _timed(fn, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+def speed(backbone: str = 'small', *, crop: int = 64, batch: int = 16, steps: int = 10, warmup: int = 3,
+          views: str = 'default', device=None, threads: int = 1, amp: bool = True, channels_last: bool = True,
+          compile: bool = False, n_label: int = 2000, round_steps: int = 1000) -> pd.DataFrame:
+    "Training, labeling (and its bare forwards) and evaluation images/s of `backbone` on synthetic data."
+    if min(crop, batch, steps) < 1 or warmup < 0:
+        raise ValueError(f'crop, batch and steps must be >= 1 and warmup >= 0; got crop={crop}, batch={batch}, '
+                         f'steps={steps}, warmup={warmup}')
+    pin_threads(threads)
+    device = get_device(device)
+    split = get_split('shapes')
+    torch.manual_seed(0)
+    model = build_model(backbone, class_embeddings(split.names, 'attributes')).to(device)
+    data = SyntheticSet(batch * steps, crop, len(split.classes))
+    opts = TrainConfig(batch_size=batch, crop=crop, device=str(device), amp=amp, channels_last=channels_last,
+                       compile=compile, ckpt_every=10**6, log_every=10**6)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        labeled = LabeledSet(data, split, range(len(data)))  # items with the training target
+        train(model, labeled, opts, iters=warmup + steps, seed=0, ckpt=tmp / 'speed.pt', progress=False)
+        step_s = pd.read_csv(tmp / 'train_log.csv')['step_s'].iloc[warmup:]
+        train_ips = batch / step_s.mean()
+        model.eval()
+        vs = parse_views(views)
+        x0 = normalize(torch.stack([data[i]['image'] for i in range(min(batch, len(data)))]).to(device))
+        with torch.no_grad():
+            for v in vs: model(v.apply(x0))  # warm-up of every view's shape
+        def forwards():
+            with torch.no_grad():
+                for items in size_batches(data, batch):
+                    x = normalize(torch.stack([it['image'] for it in items]).to(device))
+                    for v in vs: model(v.apply(x))
+        t_fwd = _timed(forwards, device)
+        t_lab = _timed(lambda: label_offline(model, data, split, tmp / 'pseudo', views=vs, batch_size=batch,
+                                             device=device, progress=False), device)
+        t_eval = _timed(lambda: evaluate(model, data, split, batch_size=batch, device=device), device)
+    n = len(data)
+    label_ips = n / t_lab
+    rows = [dict(what='train', images_per_s=train_ips),
+            dict(what=f'label ({views}, {len(vs)} views)', images_per_s=label_ips),
+            dict(what=f'bare forwards of the {len(vs)} views', images_per_s=n / t_fwd),
+            dict(what='evaluate', images_per_s=n / t_eval)]
+    out = pd.DataFrame(rows)
+    ratio = 1 + (n_label / label_ips) / (round_steps * batch / train_ips)
+    meta = dict(backbone=backbone, crop=crop, batch=batch, steps=steps, device=str(device), threads=threads,
+                amp=amp and device.type == 'cuda', channels_last=channels_last and device.type == 'cuda',
+                compile=compile, torch=torch.__version__, labeler_vs_forwards=round(t_lab / t_fwd, 3),
+                self_training_ratio=round(ratio, 3))
+    return out.assign(**meta)
+
+# %% ../nbs/21_benchmark.ipynb #8f2d0b05
+GPU_NEEDS = ('numpy', 'PIL', 'pandas', 'matplotlib', 'seaborn', 'tqdm', 'torchvision')
+
+def gpu_check(out_root=None, *, backbone: str = 'deeplabv3_resnet101', crop: int = 321, batch: int = 8,
+              steps: int = 10) -> str:
+    "Speed of `backbone` and a tiny STRICT run on CUDA; one summary line (a RuntimeError where there is no GPU)."
+    import importlib.util
+    if not torch.cuda.is_available():
+        raise RuntimeError('gpu-check needs a CUDA GPU, and torch sees none here '
+                           f'(torch {torch.__version__}, CUDA build: {torch.version.cuda or "no"}); run it on a GPU machine')
+    missing = [m for m in GPU_NEEDS if importlib.util.find_spec(m) is None]
+    if missing: raise RuntimeError(f'gpu-check: this Python lacks {missing}, which zls imports; install them first')
+    from zls.pipeline import evaluate_round, label_round, prepare_round, train_round
+    root = outputs_root(out_root) / 'gpu-check'
+    sp = speed(backbone, crop=crop, batch=batch, steps=steps, device='cuda', amp=True, channels_last=True)
+    (root.parent / 'speed').mkdir(parents=True, exist_ok=True)
+    sp.to_csv(root.parent / 'speed' / f'speed-{backbone}-cuda.csv', index=False)
+    t0 = time.time()
+    shutil.rmtree(root, ignore_errors=True)  # a fresh tiny run each time
+    tiny = dict(n_train=64, n_val=32, iters0=60, iters=30, batch_size=16, eval_batch=32, embeddings='attributes',
+                device='cuda', data_root=str(root / 'data'))
+    for k in (0, 1):
+        r = prepare_round(tiny, run_dir=root / 'run', k=k)
+        label_round(r)
+        train_round(r)
+        m = evaluate_round(r)
+    ips = dict(zip(sp['what'], sp['images_per_s']))
+    return (f"gpu-check OK: {torch.cuda.get_device_name()}, torch {torch.__version__}: {backbone} crop {crop} batch "
+            f"{batch} bfloat16: train {ips['train']:.1f}, label {sp['what'][1]} {sp['images_per_s'][1]:.1f}, "
+            f"evaluate {ips['evaluate']:.1f} images/s; tiny STRICT rounds 0-1 on CUDA in {time.time() - t0:.0f} s, "
+            f"round 1 hIoU {m['plain']['hIoU']:.1f}")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/22_cli.ipynb #56d6b079
 from __future__ import annotations
-import argparse, json, typing
+import argparse, json, sys, typing
 from pathlib import Path
 import pandas as pd
 from .config import COMMON
@@ -107,12 +107,38 @@ def _cmd_summary(args):
         atomic_write(args.csv, lambda p: rows.to_csv(p, index=False))
         print(f'rows (one per run and round) written to {args.csv}')
 
+def _cmd_speed(args):
+    from zls.benchmark import speed
+    from zls.core import atomic_write
+    from zls.report import markdown_table
+    sp = speed(args.backbone, crop=args.crop, batch=args.batch, steps=args.steps, warmup=args.warmup, views=args.views,
+               device=args.device or None, threads=args.threads, amp=not args.no_amp,
+               channels_last=not args.no_channels_last, compile=args.compile)
+    print(markdown_table(sp.set_index('what')[['images_per_s']]))
+    first = sp.iloc[0]
+    print(f"{first['backbone']}, crop {first['crop']}, batch {first['batch']}, {first['device']}, {first['threads']} "
+          f"thread(s): labeler / bare forwards {first['labeler_vs_forwards']:.2f}x; a self-training round / a "
+          f"supervised one {first['self_training_ratio']:.2f}x")
+    out = Path(args.out) if args.out else outputs_root() / 'speed' / f"speed-{first['backbone']}-{first['device']}.csv"
+    rows = pd.concat([pd.read_csv(out), sp]) if args.append and out.exists() else sp
+    atomic_write(out, lambda p: rows.to_csv(p, index=False))
+    print(f'written to {out}')
+
+def _cmd_gpu_check(args):
+    from zls.benchmark import gpu_check
+    try: print(gpu_check(args.out))
+    except RuntimeError as e: _fail(str(e))
+
+def _fail(msg: str):
+    "One line on stderr and exit code 1: the command ran and found a problem (not a bad argument)."
+    sys.stderr.write(f'zls: error: {msg}\n')
+    raise SystemExit(1)
+
 def _cmd_results(args):
     from zls.benchmark import update_readme
     stale = update_readme(args.readme, args.results, check=args.check)
     if args.check and stale:
-        raise SystemExit(f'zls: error: {args.readme} disagrees with {args.results}/ in table(s) {stale}; '
-                         'run `zls results` to regenerate them')
+        _fail(f'{args.readme} disagrees with {args.results}/ in table(s) {stale}; run `zls results` to regenerate them')
     print(f'{args.readme}: ' + ('tables agree with ' + str(args.results) if args.check else
                                 f"regenerated {stale or 'nothing (all tables were current)'}"))
 
@@ -237,6 +263,29 @@ def parser() -> argparse.ArgumentParser:
     sm.add_argument('--out', help='also write the Markdown table to this file')
     sm.add_argument('--csv', help='also write every run and round as a CSV row (what results/ keeps)')
     sm.set_defaults(fn=_cmd_summary)
+    sp = sub.add_parser('speed', help='training, labeling and evaluation images/s on this device (synthetic data)',
+                        description='Measure training, labeling (against its bare forward passes) and evaluation '
+                                    'throughput of a backbone on synthetic data, and write the rows as a CSV.')
+    sp.add_argument('--backbone', default='small', help='small, or e.g. deeplabv3_resnet101 (default small)')
+    sp.add_argument('--crop', type=int, default=64, help='image and crop side (default 64)')
+    sp.add_argument('--batch', type=int, default=16, help='images per batch (default 16)')
+    sp.add_argument('--steps', type=int, default=10, help='timed training steps; labeling and evaluation see '
+                                                           'steps x batch images (default 10)')
+    sp.add_argument('--warmup', type=int, default=3, help='untimed training steps first (default 3)')
+    sp.add_argument('--views', default='default', help="the labeler's views (default: STRICT's six)")
+    sp.add_argument('--device', default='', help='cuda or cpu (default: CUDA when available)')
+    sp.add_argument('--threads', type=int, default=1, help='torch threads (default 1, as runs)')
+    sp.add_argument('--no-amp', action='store_true', help='no bfloat16 autocast on CUDA')
+    sp.add_argument('--no-channels-last', action='store_true', help='no channels-last format on CUDA')
+    sp.add_argument('--compile', action='store_true', help='torch.compile the network')
+    sp.add_argument('--out', help='the CSV (default outputs/speed/speed-<backbone>-<device>.csv)')
+    sp.add_argument('--append', action='store_true', help='add the rows to an existing CSV')
+    sp.set_defaults(fn=_cmd_speed)
+    gc = sub.add_parser('gpu-check', help='the GPU path: DeepLabv3 ResNet-101 speed and a tiny STRICT run on CUDA',
+                        description='Measure DeepLabv3 ResNet-101 (crop 321, batch 8, bfloat16) and run a tiny STRICT '
+                                    'run on CUDA; fails at once where no GPU is visible.')
+    gc.add_argument('--out', help='outputs root (default: $ZLS_OUTPUTS or <project>/outputs)')
+    gc.set_defaults(fn=_cmd_gpu_check)
     rs = sub.add_parser('results', help="regenerate the README's result tables from results/*.csv",
                         description="Rewrite each generated table of the README from the CSV it names; --check only "
                                     'compares (exit 1 if any differs).')
@@ -279,3 +328,5 @@ def main(argv=None) -> int:
     except OSError as e: ap.exit(1, f'zls: error: {e.strerror or e}: {e.filename or ""} (nothing finished was lost; '
                                     'fix it and run the same command again)\n')  # disk full, permissions
     return 0
+
+if __name__ == '__main__' and sys.argv[0].endswith('cli.py'): sys.exit(main())  # python -m zls.cli; not a notebook

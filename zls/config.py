@@ -135,6 +135,9 @@ class TrainConfig(Section):
     log_every: int = param(250, 'steps between loss/lr log lines')
     workers: int = param(0, 'data-loader worker processes')
     device: str = param('', 'cuda, cpu, or empty for CUDA when available')
+    amp: bool = param(True, 'bfloat16 autocast of the forward pass on CUDA (never on the CPU)')
+    channels_last: bool = param(True, 'channels-last memory format on CUDA (never on the CPU)')
+    compile: bool = param(False, 'torch.compile the network (needs a working compiler toolchain)')
     nproc: int = param(1, 'processes per round; more than 1 runs each round under torchrun')
     threads: int = param(1, "torch threads per process, pinned (results change with it); not the machine's cores")
 

@@ -260,15 +260,20 @@ def train(model, dataset, opts: TrainConfig, *, iters: int, seed: int, ckpt=None
     opt = make_optimizer(model, name=opts.optimizer, lr=opts.lr, weight_decay=opts.weight_decay,
                          head_lr_mult=opts.head_lr_mult)
     sch = poly_schedule(opt, iters=iters)
+    cuda = device.type == 'cuda'  # the GPU path: bfloat16 autocast, channels-last, pinned host memory
+    fmt = torch.channels_last if cuda and opts.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
     net = distributed(model, device)
+    if opts.compile: net = torch.compile(net)
     steps = StepBatches(dataset, batch_size=opts.batch_size, crop=opts.crop, seed=seed,
                         scale=(opts.scale_min, opts.scale_max), rank=rank(), world=world)
-    batches = lambda start, end: DataLoader(steps, batch_size=None, sampler=range(start, end), num_workers=opts.workers)
-    amp = (torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda'
-           else torch.autocast('cpu', enabled=False))
+    batches = lambda start, end: DataLoader(steps, batch_size=None, sampler=range(start, end), num_workers=opts.workers,
+                                            pin_memory=cuda)
+    amp = torch.autocast('cuda', dtype=torch.bfloat16, enabled=opts.amp) if cuda else torch.autocast('cpu', enabled=False)
 
     def step(k, batch):
-        x, y = normalize(batch[0].to(device, non_blocking=True)), batch[1].to(device, non_blocking=True)
+        x = normalize(batch[0].to(device, non_blocking=True)).contiguous(memory_format=fmt)
+        y = batch[1].to(device, non_blocking=True)
         if relabel is not None: y = relabel(x, y)
         with amp: return zls_loss(net(x).float(), y, classes), {}
 
