@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from .config import COMMON
 from .config import convert as convert_value
-from .core import DataError, outputs_root
+from .core import DataError, atomic_write, outputs_root, pin_threads
 from .data import build_datasets, dataset_roots, split_of
 from .methods import METHODS, run_config
 from .pipeline import PIPELINES, RoundFailed, load_config, run_rounds
@@ -94,7 +94,6 @@ def _cmd_report(args):
     print(f'figures and results.md written to {run}')
 
 def _cmd_summary(args):
-    from zls.core import atomic_write
     from zls.report import markdown_table, mean_std_table, run_rows, summarize_rows
     rows = run_rows(args.runs)
     sm = summarize_rows(rows)
@@ -109,7 +108,6 @@ def _cmd_summary(args):
 
 def _cmd_speed(args):
     from zls.benchmark import speed
-    from zls.core import atomic_write
     from zls.report import markdown_table
     sp = speed(args.backbone, crop=args.crop, batch=args.batch, steps=args.steps, warmup=args.warmup, views=args.views,
                device=args.device or None, threads=args.threads, amp=not args.no_amp,
@@ -157,20 +155,30 @@ def _cmd_eval(args):
     from zls.train import evaluate
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file(): raise ValueError(f'checkpoint {ckpt} does not exist')
-    cfg = run_config(apply_sets(load_config(_run_of(ckpt)).flat(), args.set))
+    run = _run_of(ckpt)
+    cfg = run_config(apply_sets(load_config(run).flat(), args.set))
+    pin_threads(cfg.train.threads)  # the run's thread count: the same numbers as its own evaluation
     split, val = split_of(cfg.data), build_datasets(cfg.data)[1]
     views = parse_views(args.views) if args.views else None
     cms = evaluate(model_from_checkpoint(ckpt), val, split, gammas=tuple(args.gamma or [0.0]), views=views,
                    batch_size=cfg.eval.eval_batch, device=cfg.train.device or None)
     name = lambda g: f'views ({args.views})' if g == 'views' else f'gamma {g}'
-    print(markdown_table(pd.DataFrame({name(g): summarize(cm, split) for g, cm in cms.items()}).T.rename_axis('')))
+    table = pd.DataFrame({name(g): summarize(cm, split) for g, cm in cms.items()}).T.rename_axis('evaluation')
+    print(markdown_table(table))
     if args.per_class:
         print(markdown_table(pd.concat({g: iou_table(cm, split)['IoU'] for g, cm in cms.items()}, axis=1)))
+    if args.csv:
+        out = Path(args.csv)
+        rows = table.reset_index().assign(run=run.name, round=ckpt.parent.name.removeprefix('round_'))
+        rows = pd.concat([pd.read_csv(out), rows]) if out.exists() else rows
+        atomic_write(out, lambda p: rows.to_csv(p, index=False))
+        print(f'rows added to {out}')
 
 def _cmd_labels(args):
     from zls.labeler import label_offline, parse_views
     run = Path(args.run)
     cfg = load_config(run)
+    pin_threads(cfg.train.threads)
     if not hasattr(cfg.method_cfg, 'views'):
         raise ValueError(f"zls labels runs STRICT's labeler; {run} is a method={cfg.method} run, which has no views")
     if args.round < 1: raise ValueError('--round must be >= 1: round k is labelled by the model of round k-1')
@@ -247,6 +255,7 @@ def parser() -> argparse.ArgumentParser:
                     help="override one of the run's parameters (e.g. data_root, device)")
     ev.add_argument('--views', help='also evaluate the mean softmax of these views, e.g. multiscale or 1,1f,1.5')
     ev.add_argument('--per-class', action='store_true', help='also print the per-class IoU')
+    ev.add_argument('--csv', help='also add the rows (one per evaluation) to this CSV')
     ev.set_defaults(fn=_cmd_eval)
     lb = sub.add_parser('labels', help="write a round's pseudo-labels", description=
                         'Label the training images with the model of round k-1 of a run and write the pseudo-label '
