@@ -31,7 +31,8 @@ from .report import markdown_table, mean_std_table, rounds_table, run_summary, s
 __all__ = ['ZERO', 'UNSUP', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'ENTRIES', 'METRICS', 'README_TABLES',
            'GPU_NEEDS', 'Entry', 'semi', 'pick', 'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0',
            'run_name', 'run_benchmark', 'benchmark_rows', 'benchmark_table', 'plot_benchmark', 'strict_seeds_table',
-           'strict_seed0_table', 'family_table', 'semi_table', 'update_readme', 'SyntheticSet', 'speed', 'gpu_check']
+           'strict_seed0_table', 'family_table', 'semi_table', 'multiscale_table', 'speed_table', 'update_readme',
+           'SyntheticSet', 'speed', 'gpu_check']
 
 # %% ../nbs/21_benchmark.ipynb #fc1cb0da
 @dataclass
@@ -222,10 +223,36 @@ def semi_table(rows: pd.DataFrame) -> str:
     "The semi-supervised rows' table (no seen/unseen split: every class has labels)."
     return markdown_table(benchmark_table(rows).drop(columns=['seen', 'unseen', 'hIoU']).set_index('setting'))
 
+def multiscale_table(rows: pd.DataFrame) -> str:
+    "Single-scale against multi-scale + flip evaluation per round, mean ± std over runs (rows of `zls eval --csv`)."
+    single = rows[rows['evaluation'] == 'gamma 0.0'].set_index(['run', 'round'])
+    multi = rows[rows['evaluation'].str.startswith('views')].set_index(['run', 'round'])
+    out = {}
+    for metric in ('hIoU', 'mIoU'):
+        for name, v in (('single-scale', single[metric]), ('multi-scale + flip', multi[metric]),
+                        ('difference', multi[metric] - single[metric])):
+            g = v.groupby(level='round')
+            out[f'{metric}, {name}'] = [f'{m:.1f} ± {s:.1f}' for m, s in zip(g.mean(), g.std(ddof=0))]
+    t = pd.DataFrame(out, index=pd.Index(sorted(single.index.get_level_values('round').unique()), name='round'))
+    return markdown_table(t.assign(runs=single.groupby(level='round').size().values))
+
+def speed_table(rows: pd.DataFrame) -> str:
+    "Images/s per backbone and setting (rows of `zls speed`), with the labeler's and a self-training round's cost."
+    out = []
+    for (bb, crop, batch, dev, th), d in rows.groupby(['backbone', 'crop', 'batch', 'device', 'threads'], sort=False):
+        ips = dict(zip(d['what'].str.split(' ').str[0], d['images_per_s']))
+        out.append({'backbone': bb, 'crop': crop, 'batch': batch, 'device': dev, 'threads': th,
+                    'train img/s': ips['train'], 'label img/s': ips['label'], 'bare forwards img/s': ips['bare'],
+                    'evaluate img/s': ips['evaluate'], 'labeler / forwards': d['labeler_vs_forwards'].iloc[0],
+                    'self-training / supervised round': d['self_training_ratio'].iloc[0]})
+    return markdown_table(pd.DataFrame(out).set_index('backbone'), digits=2)
+
 README_TABLES = {'strict-seeds': ('strict_seeds.csv', strict_seeds_table),
                  'strict-seed0': ('strict_seeds.csv', strict_seed0_table),
                  'benchmark': ('benchmark.csv', family_table),
-                 'semi-supervised': ('semi_supervised.csv', semi_table)}
+                 'semi-supervised': ('semi_supervised.csv', semi_table),
+                 'multiscale': ('multiscale.csv', multiscale_table),
+                 'speed': ('speed_cpu.csv', speed_table)}
 _TABLE = re.compile(r'(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- /table -->)', re.S)
 
 def update_readme(readme, results, *, check: bool = False) -> list[str]:
