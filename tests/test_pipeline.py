@@ -127,13 +127,15 @@ def test_cli_eval_and_labels(strict_run, tmp_path):
     "`zls eval` re-evaluates a round checkpoint; `zls labels` writes pseudo-labels and never overwrites a round's."
     run = strict_run
     ev = subprocess.run([ZLS, 'eval', str(run / 'round_1' / 'train.pt'), '--gamma', '0', '--gamma', '0.6',
-                         '--views', '1,1f,1.5', '--csv', str(tmp_path / 'ev.csv')], capture_output=True, text=True)
+                         '--views', '1,1f,1.5', '--csv', str(tmp_path / 'ev.csv'), '--label-view', 'colour'],
+                        capture_output=True, text=True)
     assert ev.returncode == 0, ev.stderr
     m = json.loads((run / 'round_1' / 'metrics.json').read_text())
     assert f"{m['plain']['hIoU']:.1f}" in ev.stdout and f"{m['calibrated']['hIoU']:.1f}" in ev.stdout
     assert '| views (1,1f,1.5) |' in ev.stdout and '| gamma 0.6 |' in ev.stdout
     rows = pd.read_csv(tmp_path / 'ev.csv')
-    assert list(rows['evaluation']) == ['gamma 0.0', 'gamma 0.6', 'views (1,1f,1.5)'] and set(rows['round']) == {1}
+    assert list(rows['evaluation']) == ['gamma 0.0', 'gamma 0.6', 'views (1,1f,1.5)', 'gamma 0.0, colour view']
+    assert set(rows['round']) == {1} and rows['mIoU'].iloc[-1] >= rows['mIoU'].iloc[0]  # colour is the easier half
     assert rows.loc[0, 'hIoU'] == m['plain']['hIoU']  # the run's own evaluation, to the last digit
     again = subprocess.run([ZLS, 'labels', str(run), '--round', '1'], capture_output=True, text=True)
     assert again.returncode == 2 and 'already holds pseudo-labels' in again.stderr

@@ -361,8 +361,8 @@ def gpu_check(out_root=None, *, backbone: str = 'deeplabv3_resnet101', crop: int
     "Speed of `backbone` and a tiny STRICT run on CUDA; one summary line (a RuntimeError where there is no GPU)."
     import importlib.util
     if not torch.cuda.is_available():
-        raise RuntimeError('gpu-check needs a CUDA GPU, and torch sees none here '
-                           f'(torch {torch.__version__}, CUDA build: {torch.version.cuda or "no"}); run it on a GPU machine')
+        raise RuntimeError(f'gpu-check needs a CUDA GPU, and torch sees none here (torch {torch.__version__}, '
+                           f'CUDA build: {torch.version.cuda or "no"}); run it on a GPU machine')
     missing = [m for m in GPU_NEEDS if importlib.util.find_spec(m) is None]
     if missing: raise RuntimeError(f'gpu-check: this Python lacks {missing}, which zls imports; install them first')
     from zls.pipeline import evaluate_round, label_round, prepare_round, train_round

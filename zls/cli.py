@@ -11,6 +11,7 @@ from .config import COMMON
 from .config import convert as convert_value
 from .core import DataError, atomic_write, outputs_root, pin_threads
 from .data import build_datasets, dataset_roots, split_of
+from .splits import LABEL_VIEWS
 from .methods import METHODS, run_config
 from .pipeline import PIPELINES, RoundFailed, load_config, run_rounds
 from .train import model_from_checkpoint, round_dir
@@ -150,7 +151,7 @@ def _run_of(ckpt: Path) -> Path:
 
 def _cmd_eval(args):
     from zls.labeler import parse_views
-    from zls.metrics import iou_table, summarize
+    from zls.metrics import iou_table, summarize, view_summary
     from zls.report import markdown_table
     from zls.train import evaluate
     ckpt = Path(args.checkpoint)
@@ -164,6 +165,10 @@ def _cmd_eval(args):
                    batch_size=cfg.eval.eval_batch, device=cfg.train.device or None)
     name = lambda g: f'views ({args.views})' if g == 'views' else f'gamma {g}'
     table = pd.DataFrame({name(g): summarize(cm, split) for g, cm in cms.items()}).T.rename_axis('evaluation')
+    g0 = next(iter(cms))
+    for v in args.label_view or []:  # the first matrix read at a coarser grain (shapes: colour, shape, objects)
+        vs = view_summary(cms[g0], split.names, v)
+        table.loc[f'{name(g0)}, {v} view', ['mIoU', 'pixel_acc']] = vs['mIoU'], vs['pixel_acc']
     print(markdown_table(table))
     if args.per_class:
         print(markdown_table(pd.concat({g: iou_table(cm, split)['IoU'] for g, cm in cms.items()}, axis=1)))
@@ -256,6 +261,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument('--views', help='also evaluate the mean softmax of these views, e.g. multiscale or 1,1f,1.5')
     ev.add_argument('--per-class', action='store_true', help='also print the per-class IoU')
     ev.add_argument('--csv', help='also add the rows (one per evaluation) to this CSV')
+    ev.add_argument('--label-view', action='append', choices=LABEL_VIEWS[1:],
+                    help='also score the first evaluation through a coarser label view (shapes: colour, shape, '
+                         'objects); repeatable')
     ev.set_defaults(fn=_cmd_eval)
     lb = sub.add_parser('labels', help="write a round's pseudo-labels", description=
                         'Label the training images with the model of round k-1 of a run and write the pseudo-label '

@@ -8,12 +8,13 @@ import torch
 import torch.distributed as dist
 from typing import TYPE_CHECKING
 from .core import IGNORE_INDEX
+from .splits import label_view
 if TYPE_CHECKING:
     import pandas as pd  # for the annotations only: the tables import pandas when they are built
 
 # %% auto #0
-__all__ = ['confusion_matrix', 'ConfusionMatrix', 'iou_per_class', 'summarize', 'iou_table', 'plot_confusion', 'PseudoQuality',
-           'pseudo_label_quality']
+__all__ = ['confusion_matrix', 'ConfusionMatrix', 'iou_per_class', 'summarize', 'iou_table', 'plot_confusion', 'collapse',
+           'view_summary', 'PseudoQuality', 'pseudo_label_quality']
 
 # %% ../nbs/07_metrics.ipynb #ada07ccb
 def _tensor(x, what: str) -> torch.Tensor:
@@ -139,6 +140,27 @@ def plot_confusion(mat, names=None, *, normalize: bool = True, ax=None, annot: b
     ax.set_ylabel('target')
     ax.tick_params(axis='y', labelrotation=0)
     return ax
+
+# %% ../nbs/07_metrics.ipynb #4d1e7a11
+def collapse(mat, groups) -> torch.Tensor:
+    "The confusion matrix of coarse classes: class i of `mat` counts towards coarse class `groups[i]`."
+    mat = _as_mat(mat)
+    g = torch.as_tensor(groups, device=mat.device)
+    if len(g) != mat.shape[0]:
+        raise ValueError(f'groups names a coarse class for {len(g)} classes; the matrix has {mat.shape[0]}')
+    k = int(g.max()) + 1
+    out = torch.zeros(k, k, dtype=mat.dtype, device=mat.device)
+    out.index_put_((g[:, None].expand_as(mat), g[None, :].expand_as(mat)), mat, accumulate=True)
+    return out
+
+def view_summary(mat, names, view: str) -> dict:
+    "mIoU and pixel accuracy (percent) of `mat` over model classes `names`, read through a label view."
+    coarse, groups = label_view(names, view)
+    m = collapse(mat, groups)
+    iou = iou_per_class(m).cpu() * 100
+    total = int(m.sum())
+    acc = 100 * int(m.diagonal().sum()) / total if total else float('nan')
+    return dict(view=view, mIoU=_nanmean(iou), pixel_acc=acc, **{f'IoU {c}': float(v) for c, v in zip(coarse, iou)})
 
 # %% ../nbs/07_metrics.ipynb #9bbc63bb
 class PseudoQuality:

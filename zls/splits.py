@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 # %% auto #0
 __all__ = ['BACKGROUND', 'SHAPES_COLORS', 'SHAPES_SHAPES', 'SHAPES_UNSEEN', 'VOC_CLASSES', 'VOC_UNSEEN', 'COCOSTUFF_ALL',
-           'COCOSTUFF_IDS', 'COCOSTUFF_CLASSES', 'COCOSTUFF_UNSEEN', 'shapes_classes', 'Split', 'get_split',
-           'split_table']
+           'COCOSTUFF_IDS', 'COCOSTUFF_CLASSES', 'COCOSTUFF_UNSEEN', 'LABEL_VIEWS', 'shapes_classes', 'Split',
+           'get_split', 'split_table', 'label_view']
 
 # %% ../nbs/01_splits.ipynb #adb686ed
 BACKGROUND = 'background'
@@ -155,3 +155,22 @@ def split_table(split: Split) -> 'pd.DataFrame':
         role = 'unseen' if c in split.unseen else 'seen' if idx is not None else 'ignored'
         rows.append(dict(label_id=i, name=c, model_index=idx, role=role))
     return pd.DataFrame(rows).set_index('label_id')
+
+# %% ../nbs/01_splits.ipynb #4d1e7a02
+LABEL_VIEWS = ('classes', 'colour', 'shape', 'objects')
+
+def label_view(names, view: str = 'classes') -> tuple[tuple[str, ...], list[int]]:
+    "The coarse class names of `view` and, for each of `names`, the index of its coarse class."
+    if view not in LABEL_VIEWS: raise ValueError(f"label view must be one of {', '.join(LABEL_VIEWS)}, got {view!r}")
+    names = tuple(names)
+    if view == 'classes': return names, list(range(len(names)))
+    def coarse(n: str) -> str:
+        if n == BACKGROUND: return BACKGROUND
+        if view == 'objects': return 'object'
+        parts = n.split(' ')
+        if len(parts) != 2 or parts[0] not in SHAPES_COLORS or parts[1] not in SHAPES_SHAPES:
+            raise ValueError(f"label view {view!r} reads '<colour> <shape>' class names (shapes); got {n!r}")
+        return parts[0] if view == 'colour' else parts[1]
+    c = [coarse(n) for n in names]
+    out = tuple(dict.fromkeys(c))
+    return out, [out.index(x) for x in c]

@@ -269,7 +269,8 @@ def train(model, dataset, opts: TrainConfig, *, iters: int, seed: int, ckpt=None
                         scale=(opts.scale_min, opts.scale_max), rank=rank(), world=world)
     batches = lambda start, end: DataLoader(steps, batch_size=None, sampler=range(start, end), num_workers=opts.workers,
                                             pin_memory=cuda)
-    amp = torch.autocast('cuda', dtype=torch.bfloat16, enabled=opts.amp) if cuda else torch.autocast('cpu', enabled=False)
+    amp = (torch.autocast('cuda', dtype=torch.bfloat16, enabled=opts.amp) if cuda
+           else torch.autocast('cpu', enabled=False))
 
     def step(k, batch):
         x = normalize(batch[0].to(device, non_blocking=True)).contiguous(memory_format=fmt)
