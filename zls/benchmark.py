@@ -31,8 +31,8 @@ from .report import markdown_table, mean_std_table, rounds_table, run_summary, s
 __all__ = ['ZERO', 'UNSUP', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'ENTRIES', 'METRICS', 'README_TABLES',
            'GPU_NEEDS', 'Entry', 'semi', 'pick', 'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0',
            'run_name', 'run_benchmark', 'benchmark_rows', 'benchmark_table', 'plot_benchmark', 'strict_seeds_table',
-           'strict_seed0_table', 'family_table', 'semi_table', 'multiscale_table', 'speed_table', 'update_readme',
-           'SyntheticSet', 'speed', 'gpu_check']
+           'strict_seed0_table', 'family_table', 'semi_table', 'multiscale_table', 'label_views_table', 'speed_table',
+           'update_readme', 'SyntheticSet', 'speed', 'gpu_check']
 
 # %% ../nbs/21_benchmark.ipynb #fc1cb0da
 @dataclass
@@ -236,6 +236,16 @@ def multiscale_table(rows: pd.DataFrame) -> str:
     t = pd.DataFrame(out, index=pd.Index(sorted(single.index.get_level_values('round').unique()), name='round'))
     return markdown_table(t.assign(runs=single.groupby(level='round').size().values))
 
+def label_views_table(rows: pd.DataFrame) -> str:
+    "mIoU of each run read through the label views (rows of `zls eval --label-view --csv`), mean ± std over seeds."
+    d = rows.assign(entry=rows['run'].str.replace(r'-s\d+$', '', regex=True),
+                    view=rows['evaluation'].str.extract(r', (\w+) view$', expand=False).fillna('classes'))
+    g = d.groupby(['entry', 'view'], sort=False)['mIoU']
+    cell = (g.mean().round(1).astype(str) + ' ± ' + g.std(ddof=0).round(1).astype(str)).unstack('view')
+    cell = cell.reindex(index=list(dict.fromkeys(d['entry'])), columns=['classes', 'colour', 'shape'])
+    cell.columns = ['17 classes', 'colour (bg + 4)', 'shape (bg + 4)']
+    return markdown_table(cell.assign(seeds=d.groupby('entry', sort=False)['run'].nunique()).rename_axis('run'))
+
 def speed_table(rows: pd.DataFrame) -> str:
     "Images/s per backbone and setting (rows of `zls speed`), with the labeler's and a self-training round's cost."
     out = []
@@ -252,6 +262,7 @@ README_TABLES = {'strict-seeds': ('strict_seeds.csv', strict_seeds_table),
                  'benchmark': ('benchmark.csv', family_table),
                  'semi-supervised': ('semi_supervised.csv', semi_table),
                  'multiscale': ('multiscale.csv', multiscale_table),
+                 'semi-label-views': ('semi_label_views.csv', label_views_table),
                  'speed': ('speed_cpu.csv', speed_table)}
 _TABLE = re.compile(r'(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- /table -->)', re.S)
 
