@@ -82,7 +82,7 @@ test-fast: setup
 # ResNet-101 at crop 321, batch 2 (a few steps); the README's speed table comes from results/speed_cpu.csv
 speed: setup
 	$(BIN)/zls speed --backbone small --crop 64 --batch 16 --steps 20 --device cpu --out results/speed_cpu.csv
-	$(BIN)/zls speed --backbone deeplabv3_resnet101 --crop 321 --batch 2 --steps 3 --warmup 1 --device cpu \
+	$(BIN)/zls speed --backbone deeplabv3_resnet101 --crop 321 --batch 2 --steps 2 --warmup 1 --device cpu \
 	  --out results/speed_cpu.csv --append
 
 # the GPU path, on a GPU machine whose Python already has torch and torchvision (no registry needed): zls goes in

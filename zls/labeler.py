@@ -155,7 +155,7 @@ def vote(sub: torch.Tensor, candidates: torch.Tensor, split: Split, top_p: float
     if tuple(candidates.shape) != (B, H, W):
         raise ValueError(f'candidates must be (B, H, W) = {(B, H, W)} like the logits, got {tuple(candidates.shape)}')
     idx = considered_idx(split).to(sub.device)
-    arg = sub.argmax(2)  # (V, B, H, W), an index into idx
+    arg = sub.max(2).indices  # (V, B, H, W), an index into idx; argmax's result, ~8x faster over a middle dim
     keep = candidates.to(arg.device).bool() & (arg == arg[0]).all(0)
     if split.bg_idx is not None: keep &= arg[0] != len(idx) - 1  # won by background: not an unseen pixel
     pseudo = torch.where(keep, idx[arg[0]], IGNORE_INDEX).to(torch.uint8)
