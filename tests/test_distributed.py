@@ -105,7 +105,9 @@ def test_label_offline_equals_one_process(runs):
 def test_train_two_processes_checkpoint_and_resume(runs):
     root, train_set, ref, out = runs
     files = sorted(p.name for p in (root / 'ck2').iterdir())
-    assert files == ['train.pt'], f'one checkpoint, written by rank 0 only; found {files}'
+    assert files == ['tb', 'train.pt', 'train_log.csv'], f'one checkpoint and one log, by rank 0 only; found {files}'
+    steps = pd.read_csv(root / 'ck2' / 'train_log.csv')['step'].tolist()
+    assert steps == [1, 2, 3, 4], f'each step once, though two ranks trained and the second call resumed: {steps}'
     ck = load_checkpoint(root / 'ck2' / 'train.pt')
     assert ck['step'] == 4 and [r['step'] for r in ck['meta']['log']] == [2, 4]
     for o in out:
