@@ -61,6 +61,12 @@ def same_run(run: Path, **extra) -> list[str]:
     return sets(**TINY, data_root=params_of(run)['data_root'], **extra)
 
 
+def rerun(run: Path, rounds: int = 1, **extra) -> tuple[int, str, str]:
+    "`zls run` again on `run` (in this process) with its own parameters, changed by `extra`."
+    return cli('run', '--name', run.name, '--out', run.parent, '--rounds', rounds, '--no-report',
+               *same_run(run, **extra))
+
+
 def copy_run(run: Path, tmp_path: Path) -> Path:
     dst = tmp_path / 'runs' / run.name
     shutil.copytree(run, dst)
@@ -170,8 +176,7 @@ def test_a_second_run_on_the_same_name_is_one_line(strict_run, tmp_path):
     before = snapshot(run)
     with open(run / '.lock', 'w') as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        code, _, err = cli('run', '--name', run.name, '--out', run.parent, '--rounds', 1,
-                           *same_run(run))
+        code, _, err = rerun(run)
     assert code == 2 and 'is in use by another zls run' in one_line(err)
     assert snapshot(run) == before
 
@@ -183,8 +188,7 @@ def test_a_full_disk_is_one_line(strict_run, tmp_path, monkeypatch):
     before = snapshot(run)
     def full(*a, **k): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / 'run.json'))
     monkeypatch.setattr(zls.pipeline, 'atomic_write', full)
-    code, _, err = cli('run', '--name', run.name, '--out', run.parent, '--rounds', 1,
-                       *same_run(run))
+    code, _, err = rerun(run)
     assert code == 1
     assert f"No space left on device: {run / 'run.json'}" in one_line(err)
     assert snapshot(run) == before
@@ -202,8 +206,7 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path):
 def test_fewer_rounds_keep_the_finished_ones(strict_run, tmp_path):
     run = copy_run(strict_run, tmp_path)
     before = snapshot(run)
-    code, out, _ = cli('run', '--name', run.name, '--out', run.parent, '--rounds', 0, '--no-report',
-                       *same_run(run))
+    code, out, _ = rerun(run, 0)
     assert code == 0 and 'round 0: done already' in out
     rec = json.loads((run / 'run.json').read_text())
     assert rec['rounds'] == 1
@@ -215,8 +218,7 @@ def test_fewer_rounds_keep_the_finished_ones(strict_run, tmp_path):
 def test_resuming_with_other_threads_is_refused(strict_run, tmp_path):
     run = copy_run(strict_run, tmp_path)
     before = snapshot(run)
-    code, _, err = cli('run', '--name', run.name, '--out', run.parent, '--rounds', 1,
-                       *same_run(run, threads=2))
+    code, _, err = rerun(run, threads=2)
     assert code == 2 and "other values of ['threads']" in one_line(err)
     assert snapshot(run) == before
 
@@ -228,8 +230,7 @@ def test_resuming_under_another_torch_is_refused(strict_run, tmp_path):
     rec['provenance']['torch'] = '1.13.0'
     (run / 'run.json').write_text(json.dumps(rec))
     before = snapshot(run)
-    code, _, err = cli('run', '--name', run.name, '--out', run.parent, '--rounds', 1,
-                       *same_run(run))
+    code, _, err = rerun(run)
     assert code == 2 and "another setup (torch '1.13.0' -> " in one_line(err)
     assert snapshot(run) == before
 

@@ -119,9 +119,14 @@ def _cmd_speed(args):
           f"thread(s): labeler / bare forwards {first['labeler_vs_forwards']:.2f}x; a self-training round / a "
           f"supervised one {first['self_training_ratio']:.2f}x")
     out = Path(args.out) if args.out else outputs_root() / 'speed' / f"speed-{first['backbone']}-{first['device']}.csv"
-    rows = pd.concat([pd.read_csv(out), sp]) if args.append and out.exists() else sp
-    atomic_write(out, lambda p: rows.to_csv(p, index=False))
+    _write_rows(out, sp, append=args.append)
     print(f'written to {out}')
+
+def _write_rows(path, rows: pd.DataFrame, *, append: bool):
+    "Write `rows` as the CSV `path` (atomically), after the rows it holds already if `append`."
+    path = Path(path)
+    if append and path.exists(): rows = pd.concat([pd.read_csv(path), rows])
+    atomic_write(path, lambda p: rows.to_csv(p, index=False))
 
 def _cmd_gpu_check(args):
     from zls.benchmark import gpu_check
@@ -173,11 +178,9 @@ def _cmd_eval(args):
     if args.per_class:
         print(markdown_table(pd.concat({g: iou_table(cm, split)['IoU'] for g, cm in cms.items()}, axis=1)))
     if args.csv:
-        out = Path(args.csv)
         rows = table.reset_index().assign(run=run.name, round=ckpt.parent.name.removeprefix('round_'))
-        rows = pd.concat([pd.read_csv(out), rows]) if out.exists() else rows
-        atomic_write(out, lambda p: rows.to_csv(p, index=False))
-        print(f'rows added to {out}')
+        _write_rows(args.csv, rows, append=True)
+        print(f'rows added to {args.csv}')
 
 def _cmd_labels(args):
     from zls.labeler import label_offline, parse_views

@@ -138,21 +138,23 @@ def save_mask(path: str | Path, mask) -> Path:
     im.putpalette(_PALETTE)
     return atomic_write(path, lambda p: im.save(p, format='PNG'))
 
-def load_mask(path: str | Path) -> np.ndarray:
-    "Read a label map saved as a palette (or grey) PNG into a `(H, W)` uint8 array of class ids."
+def _read(path: str | Path, what: str, read):
+    "`read(image)` of the image file at `path`; a truncated or corrupt file is a `DataError` naming it."
     try:
-        with Image.open(path) as im:
-            if im.mode not in ('P', 'L'):
-                raise DataError(f'{path}: a label map must be a palette or greyscale PNG, got mode {im.mode}')
-            return np.array(im, dtype=np.uint8)
+        with Image.open(path) as im: return read(im)
     except (OSError, SyntaxError) as e:  # PIL raises these for truncated or corrupt files
         if isinstance(e, FileNotFoundError): raise
-        raise DataError(f'{path}: cannot read this label map ({e}); restore or re-create the file') from None
+        raise DataError(f'{path}: cannot read this {what} ({e}); restore or re-create the file') from None
+
+def _label_map(im: Image.Image, path) -> np.ndarray:
+    if im.mode not in ('P', 'L'):
+        raise DataError(f'{path}: a label map must be a palette or greyscale PNG, got mode {im.mode}')
+    return np.array(im, dtype=np.uint8)
+
+def load_mask(path: str | Path) -> np.ndarray:
+    "Read a label map saved as a palette (or grey) PNG into a `(H, W)` uint8 array of class ids."
+    return _read(path, 'label map', lambda im: _label_map(im, path))
 
 def load_image(path: str | Path) -> np.ndarray:
     "Read an image as a `(H, W, 3)` uint8 RGB array; a truncated or corrupt file is a `DataError` naming it."
-    try:
-        with Image.open(path) as im: return np.asarray(im.convert('RGB'))
-    except (OSError, SyntaxError) as e:
-        if isinstance(e, FileNotFoundError): raise
-        raise DataError(f'{path}: cannot read this image ({e}); restore or re-create the file') from None
+    return _read(path, 'image', lambda im: np.asarray(im.convert('RGB')))

@@ -154,11 +154,10 @@ def main(argv=None) -> int:
     finally: cleanup()
     return 0
 
-def run_processes(run_dir: Path, k: int, nproc: int):
-    "Run round `k` of a run in `nproc` processes under torchrun, logging to round_<k>.log."
+def run_processes(run_dir: Path, k: int, nproc: int, threads: int = 1):
+    "Run round `k` of a run in `nproc` processes of `threads` threads each under torchrun, logging to round_<k>.log."
     log = run_dir / f'round_{k}.log'
-    env = dict(os.environ)
-    env['OMP_NUM_THREADS'] = str(load_config(run_dir).train.threads)  # each worker also pins it (make_round)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))  # each worker also pins it (make_round)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
            '-m', 'zls.pipeline', '--run-dir', str(run_dir), '--round', str(k)]
     with open(log, 'w') as f:
@@ -187,7 +186,7 @@ def run_rounds(name: str = 'shapes-default', *, rounds: int | None = None, out_r
                 print(f'round {k}: done already, skipped')
                 continue
             t0 = time.time()
-            if cfg.train.nproc > 1: run_processes(run_dir, k, cfg.train.nproc)
+            if cfg.train.nproc > 1: run_processes(run_dir, k, cfg.train.nproc, cfg.train.threads)
             else: execute(PIPELINES / 'round.ipynb', run_dir / f'round_{k}.ipynb',
                           dict(run_dir=str(run_dir), round_index=k), cwd=run_dir)
             m = json.loads((round_dir(run_dir, k) / 'metrics.json').read_text())['plain']
