@@ -20,8 +20,9 @@ def test_benchmark_template_parameters_are_documented():
     assert all(p['help'] for p in params.values()), 'every parameter needs a comment'
 
 
-# one entry of each kind: a reading entry, both branches, a semi-supervised pair, FS^4 and the entry reading it
-KEYS = 'spnet,self-training,strict-top-p,supervised-16,pseudoseg-16,kmeans,fs4'
+# one entry of each kind: a reading entry, both branches, a semi-supervised pair, FS^4 and the entry reading it,
+# and FS^4 started from the pretraining run (init)
+KEYS = 'spnet,self-training,strict-top-p,supervised-16,pseudoseg-16,kmeans,fs4,fs4-ssl-colour'
 
 
 def test_every_entry_is_a_valid_run():
@@ -36,7 +37,7 @@ def test_tiny_benchmark_through_papermill(tmp_path):
     out = tmp_path / 'benchmark.ipynb'
     pm.execute_notebook(str(PIPELINES / 'benchmark.ipynb'), str(out), kernel_name='python3', progress_bar=False,
                         parameters=dict(TINY, name='bench', seeds='0', out_root=str(tmp_path), keys=KEYS,
-                                        results=str(tmp_path / 'rows.csv')))
+                                        results=str(tmp_path / 'rows.csv'), results_unsup=str(tmp_path / 'u.csv')))
     root = tmp_path / 'bench'
     rows = pd.read_csv(root / 'benchmark.csv')
     assert list(rows['key']) == [e.key for e in pick(KEYS)]  # the entries asked for (and their sources), in order
@@ -58,6 +59,17 @@ def test_tiny_benchmark_through_papermill(tmp_path):
     assert by.loc[['pseudoseg-16'], 'pseudo_mIoU'].notna().all()
     lists = [(root / f'{m}-16-s0' / 'round_0' / 'labeled.txt').read_text() for m in ('supervised', 'pseudoseg')]
     assert lists[0] == lists[1]  # the step-matched baseline trains on PseudoSeg's labelled list
+    # FS^4 from the pretraining run of the same seed, scored on its view; references next to it
+    ssl = json.loads((root / 'fs4-ssl-colour-s0' / 'run.json').read_text())['params']
+    assert ssl['init_from'] == str((root / 'pretrain-s0' / 'round_0' / 'train.pt').resolve())
+    m = json.loads((root / 'fs4-ssl-colour-s0' / 'round_1' / 'metrics.json').read_text())
+    assert by.loc['fs4-ssl-colour', 'mIoU'] == m['views']['colour']['mIoU']
+    unsup = pd.read_csv(tmp_path / 'u.csv')
+    pd.testing.assert_frame_equal(unsup, pd.read_csv(root / 'unsupervised.csv'))
+    parts = set(unsup['partition'])
+    assert {'one cluster', 'k-means on raw RGB', 'colour oracle', 'FS^4 (round 1), self-supervised start'} <= parts
+    assert any('majority matching' in p for p in parts)  # the over-clustering diagnostic of the pretrained features
+    assert set(unsup[unsup.partition == 'FS^4 (round 1), self-supervised start']['view']) == {'colour'}
     assert pd.isna(by.loc['fs4', 'unseen'])  # clusters have no seen/unseen split
     for f in ('benchmark.md', 'benchmark.png'): assert (root / f).exists(), f
     assert 'PseudoSeg' in (root / 'benchmark.md').read_text()

@@ -28,11 +28,12 @@ from .train import evaluate, round_dir, train
 from .report import markdown_table, mean_std_table, rounds_table, run_summary, summarize_rows
 
 # %% auto #0
-__all__ = ['ZERO', 'UNSUP', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'ENTRIES', 'METRICS', 'README_TABLES',
-           'GPU_NEEDS', 'Entry', 'semi', 'pick', 'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0',
-           'run_name', 'run_benchmark', 'benchmark_rows', 'benchmark_table', 'plot_benchmark', 'strict_seeds_table',
-           'strict_seed0_table', 'family_table', 'semi_table', 'multiscale_table', 'label_views_table', 'speed_table',
-           'update_readme', 'SyntheticSet', 'speed', 'gpu_check']
+__all__ = ['ZERO', 'UNSUP', 'SSL_START', 'UNSUP_TARGETS', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'ENTRIES',
+           'METRICS', 'README_TABLES', 'GPU_NEEDS', 'Entry', 'semi', 'pick', 'round0_identity', 'param_diff',
+           'adopt_rounds', 'branch_round0', 'run_name', 'run_benchmark', 'benchmark_rows', 'unsupervised_rows',
+           'benchmark_table', 'plot_benchmark', 'strict_seeds_table', 'strict_seed0_table', 'family_table',
+           'semi_table', 'multiscale_table', 'label_views_table', 'speed_table', 'unsupervised_table',
+           'ssl_start_table', 'update_readme', 'SyntheticSet', 'speed', 'gpu_check']
 
 # %% ../nbs/21_benchmark.ipynb #fc1cb0da
 @dataclass
@@ -46,8 +47,12 @@ class Entry:
     report_round: int = -1  # -1: the last round
     branch: str | None = None  # the entry whose finished round 0 this run starts from
     reads: str | None = None  # report a round of another entry's run instead of running one
+    init: str | None = None  # the entry whose round-0 checkpoint starts this run (init_from), same seed
+    view: str | None = None  # the label view an unsupervised entry's clusters are scored on (its K fits it)
 
 ZERO, UNSUP = 'zero-label (12 seen / 4 unseen)', 'unsupervised (no labels)'
+SSL_START = 'self-supervised start (init_from a pretraining run)'
+UNSUP_TARGETS = dict(colour=5, objects=2, classes=17)  # label view -> its class count on shapes (= K)
 SEMI_COUNTS = (16, 31, 250)  # labelled images of the 2,000: about 1/125, 1/64 and 1/8
 SEMI = {n: f'semi-supervised, {n} labelled' for n in SEMI_COUNTS}
 ABLATION = 'PseudoSeg ablations, 31 labelled'
@@ -74,8 +79,21 @@ ENTRIES = (
           semi(31, method='pseudoseg', ps_source='cam', **SHAPES_STRONG), 0),
     Entry('pseudoseg-31-weak', 'PseudoSeg, no strong view', ABLATION,
           semi(31, method='pseudoseg', ps_strong=False, **SHAPES_STRONG), 0),
-    Entry('kmeans', 'k-means on random-init features', UNSUP, reads='fs4', report_round=0),
-    Entry('fs4', 'FS^4 (round 1)', UNSUP, dict(method='fs4'), 1),
+    Entry('kmeans', 'k-means on random-init features', UNSUP, reads='fs4', report_round=0, view='classes'),
+    Entry('fs4', 'FS^4 (round 1)', UNSUP, dict(method='fs4'), 1, view='classes'),
+    *(e for v, K in UNSUP_TARGETS.items() if v != 'classes' for e in (
+        Entry(f'kmeans-{v}', 'k-means on random-init features', UNSUP, reads=f'fs4-{v}', report_round=0, view=v),
+        Entry(f'fs4-{v}', 'FS^4 (round 1)', UNSUP, dict(method='fs4', n_clusters=K), 1, view=v))),
+    Entry('pretrain', 'k-means on self-supervised features (PixContrast)', UNSUP, dict(method='pretrain'), 0),
+    *(Entry('fs4-ssl' + ('' if v == 'classes' else f'-{v}'), 'FS^4 (round 1), self-supervised start', UNSUP,
+            dict(method='fs4', **({} if v == 'classes' else dict(n_clusters=K))), 1, init='pretrain', view=v)
+      for v, K in UNSUP_TARGETS.items()),
+    Entry('spnet-r0', 'SPNet baseline (round 0), random init', SSL_START, dict(), 0),
+    Entry('spnet-ssl', 'SPNet baseline (round 0), self-supervised start', SSL_START, dict(), 0, init='pretrain'),
+    Entry('supervised-16-ssl', 'supervised only, 16 labelled, self-supervised start', SSL_START,
+          semi(16, method='supervised'), 0, init='pretrain'),
+    Entry('pseudoseg-16-ssl', 'PseudoSeg, 16 labelled, self-supervised start', SSL_START,
+          semi(16, method='pseudoseg', **SHAPES_STRONG), 0, init='pretrain'),
 )
 
 def pick(keys: str, entries=ENTRIES) -> tuple[Entry, ...]:
@@ -85,7 +103,7 @@ def pick(keys: str, entries=ENTRIES) -> tuple[Entry, ...]:
     by_key = {e.key: e for e in entries}
     unknown = sorted(want - set(by_key))
     if unknown: raise ValueError(f'unknown benchmark entries {unknown}; valid: {", ".join(by_key)}')
-    need_ = want | {by_key[k].reads or by_key[k].branch for k in want} - {None}
+    need_ = want | {d for k in want for d in (by_key[k].reads, by_key[k].branch, by_key[k].init)} - {None}
     return tuple(e for e in entries if e.key in need_)
 
 # %% ../nbs/21_benchmark.ipynb #2c01af54
@@ -134,9 +152,10 @@ def run_benchmark(seeds=(0, 1, 2), *, name: str = 'benchmark', out_root=None, en
     by_key = {e.key: e for e in entries}
     reuse = [Path(r) for r in reuse if (Path(r) / 'run.json').is_file()]
     for seed in seeds:
-        for e in sorted(entries, key=lambda e: e.branch is not None):  # a branch needs its source's round 0 first
+        for e in sorted(entries, key=lambda e: bool(e.branch or e.init)):  # their sources' round 0 first
             if e.reads: continue
             p = dict(overrides, **e.params, seed=seed)
+            if e.init: p['init_from'] = str(round_dir(root / run_name(by_key[e.init], seed), 0) / 'train.pt')
             dst = root / run_name(e, seed)
             same = [r for r in reuse if not param_diff(r, p)]
             if same:
@@ -160,9 +179,40 @@ def benchmark_rows(root, seeds, *, entries=ENTRIES) -> pd.DataFrame:
             minutes = t.loc[:k, 'minutes'].sum()
             m = json.loads((round_dir(Path(root) / run_name(src, seed), int(k)) / 'metrics.json').read_text())
             pseudo = m.get('pseudo_train', {})  # PseudoSeg: its pseudo-labels on unlabeled training images
+            score = m['views'][e.view] if e.view else r  # clusters: scored on the view their K was made for
             rows.append(dict(setting=e.setting, method=e.label, key=e.key, seed=seed, round=int(k), seen=r['seen'],
-                             unseen=r['unseen'], hIoU=r['hIoU'], mIoU=r['mIoU'], pixel_acc=r['pixel_acc'],
+                             unseen=r['unseen'], hIoU=r['hIoU'], mIoU=score['mIoU'], pixel_acc=score['pixel_acc'],
                              pseudo_mIoU=pseudo.get('pseudo_mIoU', np.nan), minutes=minutes))
+    return pd.DataFrame(rows)
+
+def unsupervised_rows(root, seeds, *, entries=ENTRIES) -> pd.DataFrame:
+    "Long rows (partition, view, K, seed, mIoU, pixel_acc, fg_IoU, minutes) of the unsupervised entries and references."
+    rows = []
+    row = lambda part, view, K, seed, sc, minutes=np.nan: dict(
+        partition=part, view=view, K=K, seed=seed, mIoU=sc['mIoU'], pixel_acc=sc['pixel_acc'],
+        fg_IoU=sc['iou'].get('object', np.nan) if view == 'objects' else np.nan, minutes=minutes)
+    for seed in seeds:
+        refs = None
+        for e in (e for e in entries if e.setting == UNSUP):
+            src = next(x for x in entries if x.key == e.reads) if e.reads else e
+            run = Path(root) / run_name(src, seed)
+            t = rounds_table(run)
+            k = int(t.index[e.report_round] if e.report_round < 0 else e.report_round)
+            m = json.loads((round_dir(run, k) / 'metrics.json').read_text())
+            minutes = t.loc[:k, 'minutes'].sum()
+            if e.view: rows.append(row(e.label, e.view, UNSUP_TARGETS[e.view], seed, m['views'][e.view], minutes))
+            else:  # a pretraining run: k-means with each view's K, and the over-clustering diagnostic
+                for v, sc in m['views'].items():
+                    view, _, over = v.partition(' over ')
+                    if view not in UNSUP_TARGETS: continue
+                    part = e.label + (f', {over} clusters, majority matching' if over else '')
+                    rows.append(row(part, view, sc['K'], seed, sc, minutes))
+            refs = refs or m.get('references')
+        for part, views in (refs or {}).items():
+            for v, sc in views.items():
+                if v not in UNSUP_TARGETS: continue
+                K = {'one cluster': 1, 'colour oracle': UNSUP_TARGETS['colour']}.get(part, UNSUP_TARGETS[v])
+                rows.append(row(part, v, K, seed, sc))
     return pd.DataFrame(rows)
 
 # %% ../nbs/21_benchmark.ipynb #452f7fb8
@@ -184,6 +234,7 @@ def benchmark_table(rows: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
 def plot_benchmark(rows: pd.DataFrame):
     "One panel per setting: its headline metric per method, mean and std over seeds."
     head = {ZERO: ['seen', 'unseen', 'hIoU'], UNSUP: ['mIoU', 'pixel_acc'], ABLATION: ['mIoU'],
+            SSL_START: ['hIoU', 'mIoU'],
             **{s: ['mIoU'] for s in SEMI.values()}}
     settings = [s for s in dict.fromkeys(rows['setting']) if s in head]
     fig, axs = plt.subplots(1, len(settings), figsize=(4.5 * len(settings), 3.6), squeeze=False)
@@ -257,13 +308,45 @@ def speed_table(rows: pd.DataFrame) -> str:
                     'self-training / supervised round': d['self_training_ratio'].iloc[0]})
     return markdown_table(pd.DataFrame(out).set_index('backbone'), digits=2)
 
+def _cell(v: pd.Series, digits: int = 1) -> str:
+    "'mean ± std' (population std) of a series, or '–' when it has no value."
+    v = v.dropna()
+    return '–' if v.empty else f'{v.mean():.{digits}f} ± {v.std(ddof=0):.{digits}f}'
+
+def unsupervised_table(rows: pd.DataFrame) -> str:
+    "Each partition's scores per label view (rows of `unsupervised_rows`), mean ± std over seeds."
+    cols = {('colour', 'mIoU'): 'colour (bg + 4): mIoU', ('colour', 'pixel_acc'): 'colour: pixel acc',
+            ('objects', 'fg_IoU'): 'objects: foreground IoU', ('objects', 'mIoU'): 'objects: mIoU',
+            ('classes', 'mIoU'): '17 classes: mIoU', ('classes', 'pixel_acc'): '17 classes: pixel acc'}
+    order = list(dict.fromkeys(rows['partition']))
+    out = pd.DataFrame({name: [_cell(rows[(rows.partition == p) & (rows.view == v)][m]) for p in order]
+                        for (v, m), name in cols.items()}, index=pd.Index(order, name='partition'))
+    out['seeds'] = [rows[rows.partition == p]['seed'].nunique() for p in order]
+    out['minutes'] = [_cell(rows[rows.partition == p]['minutes']) for p in order]
+    return markdown_table(out)
+
+def ssl_start_table(rows: pd.DataFrame) -> str:
+    "Random init against the self-supervised start (rows of the benchmark): headline metric, mean ± std over seeds."
+    pairs = (('spnet-r0', 'spnet-ssl', 'hIoU', 'STRICT round 0 (SPNet baseline)'),
+             ('supervised-16', 'supervised-16-ssl', 'mIoU', 'supervised only, 16 labelled'),
+             ('pseudoseg-16', 'pseudoseg-16-ssl', 'mIoU', 'PseudoSeg, 16 labelled'))
+    out = []
+    for a, b, metric, name in pairs:
+        x, y = (rows[rows.key == k].set_index('seed')[metric] for k in (a, b))
+        if x.empty or y.empty: continue
+        out.append({'run': name, 'metric': metric, 'random init': _cell(x), 'self-supervised start': _cell(y),
+                    'difference': _cell(y - x), 'seeds': len((y - x).dropna())})
+    return markdown_table(pd.DataFrame(out).set_index('run'))
+
 README_TABLES = {'strict-seeds': ('strict_seeds.csv', strict_seeds_table),
                  'strict-seed0': ('strict_seeds.csv', strict_seed0_table),
                  'benchmark': ('benchmark.csv', family_table),
                  'semi-supervised': ('semi_supervised.csv', semi_table),
                  'multiscale': ('multiscale.csv', multiscale_table),
                  'semi-label-views': ('semi_label_views.csv', label_views_table),
-                 'speed': ('speed_cpu.csv', speed_table)}
+                 'speed': ('speed_cpu.csv', speed_table),
+                 'unsupervised': ('unsupervised.csv', unsupervised_table),
+                 'ssl-start': ('ssl_start.csv', ssl_start_table)}
 _TABLE = re.compile(r'(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- /table -->)', re.S)
 
 def update_readme(readme, results, *, check: bool = False) -> list[str]:

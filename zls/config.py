@@ -107,6 +107,8 @@ class ModelConfig(Section):
     output_stride: int = param(0, 'backbone output stride; 0 means the default of the backbone')
     pretrained_backbone: str = param('', 'local torchvision ResNet state dict; empty means random init')
     freeze_bn: bool = param(False, "freeze BatchNorm statistics and affine parameters (the paper's DeepLab setting)")
+    init_from: str = param('', 'a round checkpoint (train.pt, e.g. of a pretrain run) whose backbone, and head where its '
+                               'shapes match, start round 0; empty: random init')
     embeddings: str = param('glove', 'class embeddings: attributes, glove, minilm or file')
     emb_path: str = param('', 'the matrix file when embeddings is file')
 
@@ -115,6 +117,8 @@ class ModelConfig(Section):
         need('embeddings', self.embeddings, self.embeddings in EMBEDDINGS, f"one of {', '.join(EMBEDDINGS)}")
         need('emb_path', self.emb_path, self.embeddings != 'file' or bool(self.emb_path),
              'the path of a class-embedding file when embeddings=file')
+        need('init_from', self.init_from, not self.init_from or self.init_from.endswith('.pt'),
+             "a round checkpoint such as outputs/pretrain-s0/round_0/train.pt, or '' for random init")
 
 # %% ../nbs/10_config.ipynb #ff0872b2
 @dataclass

@@ -13,14 +13,14 @@ from torch.utils.data import Dataset
 from .config import RunConfig, Section, need, param
 from .core import IGNORE_INDEX, atomic_write, get_device, load_mask, save_mask
 from .datasets import normalize, size_batches
-from .splits import Split
+from .splits import LABEL_VIEWS, Split, label_view
 from .train import Round, load_checkpoint, model_from_checkpoint, save_checkpoint, train, write_metrics
 
 # %% auto #0
 __all__ = ['INIT_NORMS', 'MARKER', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'kmeans', 'context_embedding',
            'parse_grids', 'Config', 'pixel_embeddings', 'global_centroids', 'data_init', 'pyramid_labels',
-           'cluster_confusion', 'hungarian_match', 'matched_scores', 'ClusterDataset', 'class_matrix', 'label_round',
-           'train_round', 'evaluate_round']
+           'cluster_confusion', 'hungarian_match', 'matched_scores', 'majority_scores', 'view_scores', 'ClusterDataset',
+           'class_matrix', 'label_round', 'train_round', 'cluster_assign', 'evaluate_round', 'rgb_kmeans', 'references']
 
 # %% ../nbs/18_fs4.ipynb #1743ecd1
 def _kmeans(x: torch.Tensor, mask: torch.Tensor, k: int, *, iters: int, gen: torch.Generator,
@@ -287,6 +287,34 @@ def matched_scores(mat, names) -> dict:
                 pixel_acc=100 * tp.sum().item() / total if total else float('nan'),
                 iou={names[i]: float(v) for i, v in enumerate(iou)}, matching={c: names[r] for c, r in match.items()})
 
+# %% ../nbs/18_fs4.ipynb #f4v00002
+def majority_scores(mat, names) -> dict:
+    "mIoU and pixel_acc (percent) when each cluster of a (classes, K) confusion predicts its majority class."
+    mat = torch.as_tensor(mat).cpu().double()
+    n, K = mat.shape
+    if len(names) != n: raise ValueError(f'names has {len(names)} entries but the confusion matrix has {n} class rows')
+    pred = torch.zeros(n, n, dtype=torch.float64).index_add_(1, mat.argmax(0), mat)  # class x predicted class
+    tp = pred.diagonal()
+    union = mat.sum(1) + pred.sum(0) - tp
+    iou = torch.where(union > 0, 100 * tp / union.clamp(min=1), torch.full_like(tp, float('nan')))
+    total = mat.sum().item()
+    return dict(mIoU=float(iou.nanmean()) if (~iou.isnan()).any() else float('nan'),
+                pixel_acc=100 * tp.sum().item() / total if total else float('nan'),
+                iou={names[i]: float(v) for i, v in enumerate(iou)})
+
+def view_scores(mat, names, *, views=None, majority: bool = False) -> dict:
+    "{view: dict(mIoU, pixel_acc, iou)} of a (classes, K) confusion read through each label view that applies."
+    mat, out = torch.as_tensor(mat).cpu(), {}
+    for v in (views or LABEL_VIEWS):
+        try: coarse, groups = label_view(names, v)
+        except ValueError:
+            if views: raise
+            continue
+        m = torch.zeros(len(coarse), mat.shape[1], dtype=mat.dtype).index_add_(0, torch.tensor(groups), mat)
+        sc = majority_scores(m, coarse) if majority else matched_scores(m, coarse)
+        out[v] = dict(mIoU=sc['mIoU'], pixel_acc=sc['pixel_acc'], iou=sc['iou'])
+    return out
+
 # %% ../nbs/18_fs4.ipynb #ba1d3c54
 MARKER = 'quality.json'  # written last into a pseudo-label folder: the folder is complete
 
@@ -392,8 +420,8 @@ def train_round(r: Round) -> dict:
 
 # %% ../nbs/18_fs4.ipynb #659d9321
 @torch.no_grad()
-def _assign(model, dataset, split: Split, K: int, *, centroids=None, ctx=None, batch_size: int = 64,
-            device=None) -> torch.Tensor:
+def cluster_assign(model, dataset, split: Split, K: int, *, centroids=None, ctx=None, batch_size: int = 64,
+                   device=None) -> torch.Tensor:
     "Confusion (classes, K) of per-pixel clusters: nearest centroid of context embeddings, or the model's argmax."
     lut, mat = _label_lut(split), torch.zeros(len(split.classes), K, dtype=torch.long)
     dev = get_device(device)
@@ -420,14 +448,18 @@ def evaluate_round(r: Round) -> dict:
                                            iters=opts.fs4_kmeans_iters, seed=r.cfg.train.seed + r.k, batch_size=bs,
                                            device=dev, **opts.context())
     kw = dict(batch_size=bs, device=dev)
-    if r.k == 0: mat = _assign(model, r.val_set, r.split, K, centroids=recluster(model), ctx=opts.context(), **kw)
-    else: mat = _assign(model, r.val_set, r.split, K, **kw)
+    if r.k == 0: mat = cluster_assign(model, r.val_set, r.split, K, centroids=recluster(model), ctx=opts.context(), **kw)
+    else: mat = cluster_assign(model, r.val_set, r.split, K, **kw)
     sc = matched_scores(mat, classes)
     res = dict(round=r.k, params=r.cfg.flat(), times=r.times, plain=dict(mIoU=sc['mIoU'], pixel_acc=sc['pixel_acc']),
                plain_iou=sc['iou'], matching={str(c): n for c, n in sc['matching'].items()},
                assignment='kmeans (random-init baseline)' if r.k == 0 else 'student argmax over prototypes')
+    res['views'] = view_scores(mat, classes)
+    res['views_majority'] = view_scores(mat, classes, majority=True)
+    res['references'] = references(r.train_set, r.val_set, r.split, seed=r.cfg.train.seed,
+                                   sample_pixels=opts.fs4_sample_pixels, batch_size=bs)
     if r.k > 0 and opts.fs4_eval_recluster:
-        rmat = _assign(model, r.val_set, r.split, K, centroids=recluster(model), ctx=opts.context(), **kw)
+        rmat = cluster_assign(model, r.val_set, r.split, K, centroids=recluster(model), ctx=opts.context(), **kw)
         rc = matched_scores(rmat, classes)
         res['reclustered'] = dict(mIoU=rc['mIoU'], pixel_acc=rc['pixel_acc'])
     q = r.pseudo_dir / MARKER
@@ -435,3 +467,54 @@ def evaluate_round(r: Round) -> dict:
     res['log'] = ck['meta'].get('log', [])
     r.times['eval_s'] = round(time.time() - t0, 1)
     return write_metrics(r, res)
+
+# %% ../nbs/18_fs4.ipynb #f4r00002
+def rgb_kmeans(x: torch.Tensor, k: int, *, iters: int = 30, seed: int = 0) -> torch.Tensor:
+    "Euclidean k-means of the rows of `x` (N, C), k-means++ from `seed`: centroids (k, C)."
+    if not 1 <= k <= len(x): raise ValueError(f'rgb_kmeans: k must be in 1..{len(x)} (the number of rows), got {k}')
+    x, g = x.float(), torch.Generator().manual_seed(seed)
+    C = x[torch.randint(len(x), (1,), generator=g)]
+    for _ in range(1, k):
+        d = torch.cdist(x, C).min(1).values ** 2
+        C = torch.cat([C, x[torch.multinomial(d + 1e-12, 1, generator=g)]])
+    a = None
+    for _ in range(iters):
+        new = torch.cdist(x, C).argmin(1)
+        if a is not None and torch.equal(new, a): break
+        a = new
+        n = torch.bincount(a, minlength=k).float()
+        s = torch.zeros_like(C).index_add_(0, a, x)
+        C = torch.where(n[:, None] > 0, s / n.clamp(min=1)[:, None], C)
+    return C
+
+@torch.no_grad()
+def references(train_set, val_set, split: Split, *, seed: int = 0, sample_pixels: int = 100_000,
+               batch_size: int = 64) -> dict:
+    "{reference: {view: scores}} on `val_set`: one cluster, raw-RGB k-means (K = the view's classes), colour oracle."
+    classes, lut = list(split.classes), _label_lut(split)
+    views = [v for v in LABEL_VIEWS if v in view_scores(torch.ones(len(classes), 1), classes)]
+    per_image, g = max(1, -(-sample_pixels // len(train_set))), torch.Generator().manual_seed(seed)
+    px = []
+    for batch in size_batches(train_set, batch_size):
+        x = torch.stack([b['image'] for b in batch]).flatten(2).transpose(1, 2).float()  # (B, HW, 3)
+        idx = torch.rand(x.shape[:2], generator=g).argsort(1)[:, :min(per_image, x.shape[1])]
+        px.append(x.gather(1, idx[..., None].expand(-1, -1, 3)).flatten(0, 1))
+    px = torch.cat(px)
+    cents = {v: rgb_kmeans(px, len(label_view(classes, v)[0]), seed=seed) for v in views}
+    mats = {v: torch.zeros(len(classes), len(c), dtype=torch.long) for v, c in cents.items()}
+    counts = torch.zeros(len(classes), 1, dtype=torch.long)
+    for batch in size_batches(val_set, batch_size):
+        x = torch.stack([b['image'] for b in batch]).float()
+        truth = lut[torch.stack([b['label'] for b in batch]).long()]
+        rgb = x.permute(0, 2, 3, 1).reshape(-1, 3)
+        for v, c in cents.items():
+            mats[v] += cluster_confusion(torch.cdist(rgb, c).argmin(1).view(truth.shape), truth, len(classes), len(c))
+        counts += cluster_confusion(torch.zeros_like(truth), truth, len(classes), 1)
+    out = {'one cluster': view_scores(counts, classes),
+           'k-means on raw RGB': {v: view_scores(m, classes, views=[v])[v] for v, m in mats.items()}}
+    if 'colour' in views:
+        coarse, groups = label_view(classes, 'colour')
+        oracle = torch.zeros(len(classes), len(coarse), dtype=torch.long)
+        oracle[torch.arange(len(classes)), torch.tensor(groups)] = counts[:, 0]
+        out['colour oracle'] = view_scores(oracle, classes)
+    return out

@@ -6,7 +6,7 @@
 from __future__ import annotations
 from types import ModuleType
 import pandas as pd
-from . import fs4, pseudoseg, strict, supervised
+from . import fs4, pretrain, pseudoseg, strict, supervised
 from .config import COMMON, RunConfig
 from .labeler import parse_views
 
@@ -14,7 +14,8 @@ from .labeler import parse_views
 __all__ = ['METHODS', 'DEFAULT_METHOD', 'INTERFACE', 'get_method', 'owners', 'run_config', 'rounds_of', 'parameters']
 
 # %% ../nbs/19_methods.ipynb #02ed858c
-METHODS: dict[str, ModuleType] = dict(strict=strict, supervised=supervised, pseudoseg=pseudoseg, fs4=fs4)
+METHODS: dict[str, ModuleType] = dict(strict=strict, supervised=supervised, pseudoseg=pseudoseg, fs4=fs4,
+                                      pretrain=pretrain)
 DEFAULT_METHOD = 'strict'
 # what the driver reads from a method module
 INTERFACE = ('Config', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'class_matrix', 'label_round',

@@ -120,7 +120,7 @@ def execute(template: Path, out_nb: Path, parameters: dict, *, cwd: Path):
         raise RoundFailed(f'{out_nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (the executed notebook '
                           f'is kept at {out_nb}; fix the cause and run the same command again to resume)') from None
 
-PATH_PARAMS = ('data_root', 'emb_path', 'pretrained_backbone')
+PATH_PARAMS = ('data_root', 'emb_path', 'pretrained_backbone', 'init_from')
 
 def absolute_paths(p: dict) -> dict:
     "Path parameters made absolute against the working directory, since rounds run inside the run folder."
@@ -179,6 +179,10 @@ def run_rounds(name: str = 'shapes-default', *, rounds: int | None = None, out_r
     cfg = run_config(absolute_paths(params))  # every value checked before anything is written
     rounds = rounds_of(cfg.method, rounds)
     run_dir = (outputs_root(out_root) / name).resolve()  # rounds run inside the run folder: no relative paths
+    init = cfg.model.init_from
+    if init and not Path(init).is_file() and not (round_dir(run_dir, 0) / 'metrics.json').exists():
+        raise FileNotFoundError(f'init_from={init!r}: no such checkpoint; run the pretraining first '
+                                '(zls run NAME --set method=pretrain) or fix the path')
     with run_lock(run_dir):
         record_config(run_dir, cfg, rounds)
         for k in range(rounds + 1):

@@ -29,8 +29,8 @@ from .splits import Split
 # %% auto #0
 __all__ = ['augment', 'batch_indices', 'StepBatches', 'zls_loss', 'make_optimizer', 'poly_schedule', 'rng_state', 'set_rng_state',
            'save_checkpoint', 'load_checkpoint', 'StepLog', 'resume', 'fit', 'distributed', 'train', 'evaluate',
-           'segmenter_args', 'model_from_checkpoint', 'round_dir', 'Round', 'make_round', 'write_metrics',
-           'evaluate_round']
+           'segmenter_args', 'model_from_checkpoint', 'round_dir', 'Round', 'init_weights', 'make_round',
+           'write_metrics', 'evaluate_round']
 
 # %% ../nbs/13_train.ipynb #09b03495
 def augment(image: torch.Tensor, target: torch.Tensor, *, crop: int, scale=(0.5, 1.5), flip: bool = True,
@@ -358,6 +358,27 @@ class Round:
                          split=dict(name=sp.name, unseen=list(sp.unseen), background=sp.background),
                          embeddings=self.cfg.model.embeddings), **over)
 
+def init_weights(model: nn.Module, ckpt) -> list[str]:
+    "Load a round checkpoint's backbone (it must match) and head (where every shape matches) into `model`: parts loaded."
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f'init_from={str(ckpt)!r}: no such checkpoint; run the pretraining round first '
+                                '(zls run NAME --set method=pretrain) or give the path of a round_0/train.pt')
+    state = load_checkpoint(path)['model']
+    prefix = next(k for k in state if k.endswith('log_scale'))[:-len('log_scale')]  # a method's wrapper, if any
+    theirs = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    mine, loaded = model.state_dict(), []
+    for part in ('backbone', 'head'):
+        keys = [k for k in mine if k.startswith(part + '.')]
+        fits = all(k in theirs and theirs[k].shape == mine[k].shape for k in keys)
+        if part == 'backbone' and not fits:
+            raise ValueError(f'init_from={str(ckpt)!r}: its backbone does not fit this model ({model.model_args}); '
+                             'start from a checkpoint of the same backbone, or leave init_from empty')
+        if fits:
+            model.load_state_dict({k: theirs[k] for k in keys}, strict=False)
+            loaded.append(part)
+    return loaded
+
 def make_round(cfg: RunConfig, *, run_dir, k: int, class_matrix, generator_ckpt=None) -> Round:
     "Pin threads, seed, then build round `k`: datasets, split, `class_matrix(cfg, split)`, student, generator (k > 0)."
     pin_threads(cfg.train.threads)  # every process of a round: the papermill kernel and each torchrun worker
@@ -370,6 +391,8 @@ def make_round(cfg: RunConfig, *, run_dir, k: int, class_matrix, generator_ckpt=
     if m.output_stride: kw['output_stride'] = m.output_stride
     if m.pretrained_backbone: kw['pretrained_backbone'] = m.pretrained_backbone
     student = build_model(m.backbone, emb, **kw)
+    if k == 0 and m.init_from:  # later rounds start from the previous round, which started from it
+        print(f"round 0 starts from {m.init_from}: {' and '.join(init_weights(student, m.init_from))}")
     generator = None
     if k > 0:  # the previous round's model, frozen; the student starts from its weights
         generator = model_from_checkpoint(generator_ckpt or round_dir(run_dir, k - 1) / 'train.pt')
