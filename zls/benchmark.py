@@ -88,6 +88,8 @@ ENTRIES = (
     *(Entry('fs4-ssl' + ('' if v == 'classes' else f'-{v}'), 'FS^4 (round 1), self-supervised start', UNSUP,
             dict(method='fs4', **({} if v == 'classes' else dict(n_clusters=K))), 1, init='pretrain', view=v)
       for v, K in UNSUP_TARGETS.items()),
+    Entry('fs4-ssl-colour-cae', 'FS^4 (round 1), self-supervised start, context-aware embedding r=1', UNSUP,
+          dict(method='fs4', n_clusters=5, fs4_context_radius=1), 1, init='pretrain', view='colour'),
     Entry('spnet-r0', 'SPNet baseline (round 0), random init', SSL_START, dict(), 0),
     Entry('spnet-ssl', 'SPNet baseline (round 0), self-supervised start', SSL_START, dict(), 0, init='pretrain'),
     Entry('supervised-16-ssl', 'supervised only, 16 labelled, self-supervised start', SSL_START,

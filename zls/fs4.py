@@ -264,6 +264,16 @@ def cluster_confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int, 
     if ((p < 0) | (p >= n_clusters)).any(): raise ValueError(f'cluster ids must lie in 0..{n_clusters - 1}')
     return torch.bincount(t * n_clusters + p, minlength=n_classes * n_clusters).view(n_classes, n_clusters)
 
+def _class_scores(mat: torch.Tensor, pred: torch.Tensor, names) -> dict:
+    "mIoU, pixel_acc and per-class IoU (percent) of a (classes, K) confusion whose clusters predict as `pred` says."
+    tp = pred.diagonal()  # pred: class x predicted class, the clusters' pixels summed into their predicted class
+    union = mat.sum(1) + pred.sum(0) - tp
+    iou = torch.where(union > 0, 100 * tp / union.clamp(min=1), torch.full_like(tp, float('nan')))
+    total = mat.sum().item()
+    return dict(mIoU=float(iou.nanmean()) if (~iou.isnan()).any() else float('nan'),
+                pixel_acc=100 * tp.sum().item() / total if total else float('nan'),
+                iou={names[i]: float(v) for i, v in enumerate(iou)})
+
 def hungarian_match(mat) -> dict[int, int]:
     "One-to-one {cluster: class} maximising matched pixels of a (classes, clusters) confusion matrix."
     from scipy.optimize import linear_sum_assignment
@@ -279,13 +289,7 @@ def matched_scores(mat, names) -> dict:
     match = hungarian_match(mat)
     pred = torch.zeros(n, n, dtype=torch.float64)  # class x matched class; unmatched clusters predict nothing
     for c, r in match.items(): pred[:, r] = mat[:, c]
-    tp = pred.diagonal()
-    union = mat.sum(1) + pred.sum(0) - tp
-    iou = torch.where(union > 0, 100 * tp / union.clamp(min=1), torch.full_like(tp, float('nan')))
-    total = mat.sum().item()
-    return dict(mIoU=float(iou.nanmean()) if (~iou.isnan()).any() else float('nan'),
-                pixel_acc=100 * tp.sum().item() / total if total else float('nan'),
-                iou={names[i]: float(v) for i, v in enumerate(iou)}, matching={c: names[r] for c, r in match.items()})
+    return dict(_class_scores(mat, pred, names), matching={c: names[r] for c, r in match.items()})
 
 # %% ../nbs/18_fs4.ipynb #f4v00002
 def majority_scores(mat, names) -> dict:
@@ -293,14 +297,7 @@ def majority_scores(mat, names) -> dict:
     mat = torch.as_tensor(mat).cpu().double()
     n, K = mat.shape
     if len(names) != n: raise ValueError(f'names has {len(names)} entries but the confusion matrix has {n} class rows')
-    pred = torch.zeros(n, n, dtype=torch.float64).index_add_(1, mat.argmax(0), mat)  # class x predicted class
-    tp = pred.diagonal()
-    union = mat.sum(1) + pred.sum(0) - tp
-    iou = torch.where(union > 0, 100 * tp / union.clamp(min=1), torch.full_like(tp, float('nan')))
-    total = mat.sum().item()
-    return dict(mIoU=float(iou.nanmean()) if (~iou.isnan()).any() else float('nan'),
-                pixel_acc=100 * tp.sum().item() / total if total else float('nan'),
-                iou={names[i]: float(v) for i, v in enumerate(iou)})
+    return _class_scores(mat, torch.zeros(n, n, dtype=torch.float64).index_add_(1, mat.argmax(0), mat), names)
 
 def view_scores(mat, names, *, views=None, majority: bool = False) -> dict:
     "{view: dict(mIoU, pixel_acc, iou)} of a (classes, K) confusion read through each label view that applies."
