@@ -67,8 +67,9 @@ nbtest: setup browser
 	# one thread per notebook process: two processes on two cores, no OpenMP oversubscription
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
+# two pytest workers, one thread each (the tests' runs pin their own threads): the 2 cores both busy
 pytest: setup browser
-	$(BIN)/pytest -q --durations=15 tests
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 --durations=15 tests
 
 # the edit loop (a few minutes): sync, lint, the notebooks that do not train, and the tests not marked slow
 FAST_SKIP ?= ^([_.]|1[5-8]_|2[134]_)

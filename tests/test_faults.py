@@ -83,6 +83,8 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
     ('unseen=purple cross', 'purple cross'),
     ('ps_T=0.5', 'belongs to method pseudoseg'),
     ('eval_views=2x', "eval_views='2x' is invalid"),
+    ('init_from=nowhere/train.pt', 'no such checkpoint; run the pretraining first'),
+    ('init_from=weights.pth', "weights.pth' is invalid"),
 ])
 def test_bad_parameters_are_refused_before_anything_is_written(setting, names, tmp_path, data):
     code, _, err = cli('run', '--out', tmp_path, '--set', setting, *sets(data_root=data))
