@@ -107,8 +107,8 @@ class ModelConfig(Section):
     output_stride: int = param(0, 'backbone output stride; 0 means the default of the backbone')
     pretrained_backbone: str = param('', 'local torchvision ResNet state dict; empty means random init')
     freeze_bn: bool = param(False, "freeze BatchNorm statistics and affine parameters (the paper's DeepLab setting)")
-    init_from: str = param('', 'a round checkpoint (train.pt, e.g. of a pretrain run) whose backbone, and head where its '
-                               'shapes match, start round 0; empty: random init')
+    init_from: str = param('', 'a round checkpoint (train.pt, e.g. of a pretraining run) whose backbone, and head '
+                               'where its shapes match, start round 0; empty: random init')
     embeddings: str = param('glove', 'class embeddings: attributes, glove, minilm or file')
     emb_path: str = param('', 'the matrix file when embeddings is file')
 

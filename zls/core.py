@@ -4,16 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #b0178f06
 from __future__ import annotations
-import os, platform, random, subprocess, tempfile
+import contextlib, os, platform, random, subprocess, tempfile
 from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'DataError', 'project_root', 'data_root', 'outputs_root', 'seed_everything', 'get_device',
-           'pin_threads', 'git_commit', 'device_name', 'provenance', 'atomic_write', 'voc_palette', 'save_mask',
-           'load_mask', 'load_image']
+__all__ = ['IGNORE_INDEX', 'CPU_FLAGS', 'DataError', 'project_root', 'data_root', 'outputs_root', 'seed_everything', 'get_device',
+           'pin_threads', 'git_commit', 'device_name', 'provenance', 'cpu_signature', 'atomic_write', 'voc_palette',
+           'save_mask', 'load_mask', 'load_image']
 
 # %% ../nbs/00_core.ipynb #1482e9bd
 IGNORE_INDEX = 255  # unlabeled pixels: void boundaries, hidden unseen classes, ignored background
@@ -81,13 +81,23 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 def provenance(device, threads: int) -> dict:
-    "What a run's numbers depend on besides its parameters: code, Python, torch, torchvision, device, threads."
+    "What a run's numbers depend on besides its parameters: code, Python, torch, torchvision, device, threads, CPU."
     import torchvision
     import zls
     commit, dirty = git_commit()
     return dict(zls=zls.__version__, commit=commit, dirty=dirty, python=platform.python_version(),
                 torch=torch.__version__, torchvision=torchvision.__version__, device=device_name(get_device(device)),
-                threads=threads, platform=f'{platform.system()} {platform.machine()}')
+                threads=threads, platform=f'{platform.system()} {platform.machine()}', cpu=cpu_signature())
+
+CPU_FLAGS = ('fma', 'avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx512_fp16', 'avx_vnni', 'amx_tile', 'amx_bf16')
+
+def cpu_signature() -> str:
+    "torch's CPU capability and the vector-instruction flags the CPU has: kernels, hence results, depend on them."
+    flags = set()
+    with contextlib.suppress(OSError):  # /proc/cpuinfo: Linux only; elsewhere the capability alone
+        line = next((x for x in Path('/proc/cpuinfo').read_text().splitlines() if x.startswith('flags')), '')
+        flags = set(line.split(':', 1)[-1].split())
+    return ' '.join([torch.backends.cpu.get_cpu_capability(), *(f for f in CPU_FLAGS if f in flags)])
 
 # %% ../nbs/00_core.ipynb #ab411f8b
 def _umask() -> int:

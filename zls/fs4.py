@@ -445,7 +445,8 @@ def evaluate_round(r: Round) -> dict:
                                            iters=opts.fs4_kmeans_iters, seed=r.cfg.train.seed + r.k, batch_size=bs,
                                            device=dev, **opts.context())
     kw = dict(batch_size=bs, device=dev)
-    if r.k == 0: mat = cluster_assign(model, r.val_set, r.split, K, centroids=recluster(model), ctx=opts.context(), **kw)
+    if r.k == 0:
+        mat = cluster_assign(model, r.val_set, r.split, K, centroids=recluster(model), ctx=opts.context(), **kw)
     else: mat = cluster_assign(model, r.val_set, r.split, K, **kw)
     sc = matched_scores(mat, classes)
     res = dict(round=r.k, params=r.cfg.flat(), times=r.times, plain=dict(mIoU=sc['mIoU'], pixel_acc=sc['pixel_acc']),

@@ -55,7 +55,7 @@ def load_config(run_dir) -> RunConfig:
 
 # provenance entries whose change can change a run's numbers (resuming under another value is refused), and
 # those recorded only (a resume under another value is reported)
-NUMERIC_PROVENANCE, RECORDED_PROVENANCE = ('torch', 'torchvision', 'device', 'threads', 'platform'), \
+NUMERIC_PROVENANCE, RECORDED_PROVENANCE = ('torch', 'torchvision', 'device', 'threads', 'platform', 'cpu'), \
     ('zls', 'commit', 'dirty', 'python')
 
 def check_provenance(run_dir: Path, old: dict, new: dict) -> list[str]:
@@ -181,8 +181,7 @@ def run_rounds(name: str = 'shapes-default', *, rounds: int | None = None, out_r
     run_dir = (outputs_root(out_root) / name).resolve()  # rounds run inside the run folder: no relative paths
     init = cfg.model.init_from
     if init and not Path(init).is_file() and not (round_dir(run_dir, 0) / 'metrics.json').exists():
-        raise FileNotFoundError(f'init_from={init!r}: no such checkpoint; run the pretraining first '
-                                '(zls run NAME --set method=pretrain) or fix the path')
+        raise FileNotFoundError(f'init_from={init!r}: no such checkpoint; run the pretraining first, or fix the path')
     with run_lock(run_dir):
         record_config(run_dir, cfg, rounds)
         for k in range(rounds + 1):

@@ -359,11 +359,11 @@ class Round:
                          embeddings=self.cfg.model.embeddings), **over)
 
 def init_weights(model: nn.Module, ckpt) -> list[str]:
-    "Load a round checkpoint's backbone (it must match) and head (where every shape matches) into `model`: parts loaded."
+    "Load a round checkpoint's backbone (it must fit) and head (if all shapes match) into `model`; the parts loaded."
     path = Path(ckpt)
     if not path.is_file():
-        raise FileNotFoundError(f'init_from={str(ckpt)!r}: no such checkpoint; run the pretraining round first '
-                                '(zls run NAME --set method=pretrain) or give the path of a round_0/train.pt')
+        raise FileNotFoundError(f'init_from={str(ckpt)!r}: no such checkpoint; run the pretraining first, '
+                                'or give the path of an existing round_0/train.pt')
     state = load_checkpoint(path)['model']
     prefix = next(k for k in state if k.endswith('log_scale'))[:-len('log_scale')]  # a method's wrapper, if any
     theirs = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -375,7 +375,8 @@ def init_weights(model: nn.Module, ckpt) -> list[str]:
             raise ValueError(f'init_from={str(ckpt)!r}: its backbone does not fit this model ({model.model_args}); '
                              'start from a checkpoint of the same backbone, or leave init_from empty')
         if fits:
-            model.load_state_dict({k: theirs[k] for k in keys}, strict=False)
+            with torch.no_grad():
+                for k in keys: mine[k].copy_(theirs[k])  # state_dict tensors are the parameters and buffers
             loaded.append(part)
     return loaded
 
