@@ -30,9 +30,9 @@ from .report import markdown_table, mean_std_table, rounds_table, run_summary, s
 # %% auto #0
 __all__ = ['ZERO', 'UNSUP', 'SSL_START', 'UNSUP_TARGETS', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'ENTRIES',
            'METRICS', 'README_TABLES', 'GPU_NEEDS', 'Entry', 'semi', 'pick', 'round0_identity', 'param_diff',
-           'adopt_rounds', 'branch_round0', 'run_name', 'run_benchmark', 'benchmark_rows', 'unsupervised_rows',
-           'benchmark_table', 'plot_benchmark', 'strict_seeds_table', 'strict_seed0_table', 'family_table',
-           'semi_table', 'multiscale_table', 'label_views_table', 'speed_table', 'unsupervised_table',
+           'adopt_rounds', 'branch_round0', 'run_name', 'run_benchmark', 'reported_round', 'benchmark_rows',
+           'unsupervised_rows', 'benchmark_table', 'plot_benchmark', 'strict_seeds_table', 'strict_seed0_table',
+           'family_table', 'semi_table', 'multiscale_table', 'label_views_table', 'speed_table', 'unsupervised_table',
            'ssl_start_table', 'update_readme', 'SyntheticSet', 'speed', 'gpu_check']
 
 # %% ../nbs/21_benchmark.ipynb #fc1cb0da
@@ -169,20 +169,23 @@ def run_benchmark(seeds=(0, 1, 2), *, name: str = 'benchmark', out_root=None, en
             print(f'{dst.name}: {time.time() - t0:.0f} s', flush=True)
     return benchmark_rows(root, seeds, entries=entries)
 
+def reported_round(root, e: Entry, seed: int, entries=ENTRIES) -> tuple[int, pd.Series, dict, float]:
+    "The round entry `e` reports for `seed`: its index, its row of `rounds_table`, its metrics.json, the run's minutes."
+    src = next(x for x in entries if x.key == e.reads) if e.reads else e
+    run = Path(root) / run_name(src, seed)
+    t = rounds_table(run)
+    k = int(t.index[e.report_round] if e.report_round < 0 else e.report_round)
+    return k, t.loc[k], json.loads((round_dir(run, k) / 'metrics.json').read_text()), t.loc[:k, 'minutes'].sum()
+
 def benchmark_rows(root, seeds, *, entries=ENTRIES) -> pd.DataFrame:
     "One row per entry and seed: the reported round's metrics and the run's total minutes."
     rows = []
     for seed in seeds:
         for e in entries:
-            src = next(x for x in entries if x.key == e.reads) if e.reads else e
-            t = rounds_table(Path(root) / run_name(src, seed))
-            k = t.index[e.report_round] if e.report_round < 0 else e.report_round
-            r = t.loc[k]
-            minutes = t.loc[:k, 'minutes'].sum()
-            m = json.loads((round_dir(Path(root) / run_name(src, seed), int(k)) / 'metrics.json').read_text())
+            k, r, m, minutes = reported_round(root, e, seed, entries)
             pseudo = m.get('pseudo_train', {})  # PseudoSeg: its pseudo-labels on unlabeled training images
             score = m['views'][e.view] if e.view else r  # clusters: scored on the view their K was made for
-            rows.append(dict(setting=e.setting, method=e.label, key=e.key, seed=seed, round=int(k), seen=r['seen'],
+            rows.append(dict(setting=e.setting, method=e.label, key=e.key, seed=seed, round=k, seen=r['seen'],
                              unseen=r['unseen'], hIoU=r['hIoU'], mIoU=score['mIoU'], pixel_acc=score['pixel_acc'],
                              pseudo_mIoU=pseudo.get('pseudo_mIoU', np.nan), minutes=minutes))
     return pd.DataFrame(rows)
@@ -196,12 +199,7 @@ def unsupervised_rows(root, seeds, *, entries=ENTRIES) -> pd.DataFrame:
     for seed in seeds:
         refs = None
         for e in (e for e in entries if e.setting == UNSUP):
-            src = next(x for x in entries if x.key == e.reads) if e.reads else e
-            run = Path(root) / run_name(src, seed)
-            t = rounds_table(run)
-            k = int(t.index[e.report_round] if e.report_round < 0 else e.report_round)
-            m = json.loads((round_dir(run, k) / 'metrics.json').read_text())
-            minutes = t.loc[:k, 'minutes'].sum()
+            _, _, m, minutes = reported_round(root, e, seed, entries)
             if e.view: rows.append(row(e.label, e.view, UNSUP_TARGETS[e.view], seed, m['views'][e.view], minutes))
             else:  # a pretraining run: k-means with each view's K, and the over-clustering diagnostic
                 for v, sc in m['views'].items():

@@ -13,14 +13,15 @@ from torch.utils.data import Dataset
 from .config import RunConfig, Section, need, param
 from .core import IGNORE_INDEX, atomic_write, get_device, load_mask, save_mask
 from .datasets import normalize, size_batches
-from .splits import LABEL_VIEWS, Split, label_view
+from .splits import Split, label_view, label_views
 from .train import Round, load_checkpoint, model_from_checkpoint, save_checkpoint, train, write_metrics
 
 # %% auto #0
 __all__ = ['INIT_NORMS', 'MARKER', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'kmeans', 'context_embedding',
-           'parse_grids', 'Config', 'pixel_embeddings', 'global_centroids', 'data_init', 'pyramid_labels',
-           'cluster_confusion', 'hungarian_match', 'matched_scores', 'majority_scores', 'view_scores', 'ClusterDataset',
-           'class_matrix', 'label_round', 'train_round', 'cluster_assign', 'evaluate_round', 'rgb_kmeans', 'references']
+           'parse_grids', 'Config', 'pixel_embeddings', 'sample_embeddings', 'global_centroids', 'data_init',
+           'pyramid_labels', 'cluster_confusion', 'hungarian_match', 'matched_scores', 'majority_scores', 'view_scores',
+           'ClusterDataset', 'class_matrix', 'label_round', 'train_round', 'cluster_assign', 'evaluate_round',
+           'rgb_kmeans', 'references']
 
 # %% ../nbs/18_fs4.ipynb #1743ecd1
 def _kmeans(x: torch.Tensor, mask: torch.Tensor, k: int, *, iters: int, gen: torch.Generator,
@@ -149,9 +150,9 @@ def pixel_embeddings(model, images: torch.Tensor, *, radius: int = 1, sigma_xy: 
     return context_embedding(f, radius=radius, sigma_xy=sigma_xy, sigma_f=sigma_f)
 
 @torch.no_grad()
-def global_centroids(model, dataset, *, k: int, sample_pixels: int = 100_000, iters: int = 30, seed: int = 0,
-                     batch_size: int = 64, device=None, init: torch.Tensor | None = None, **ctx) -> torch.Tensor:
-    "K-means centroids (k, D) of context-aware embeddings sampled evenly over the images of `dataset`."
+def sample_embeddings(model, dataset, *, sample_pixels: int = 100_000, seed: int = 0, batch_size: int = 64,
+                      device=None, **ctx) -> torch.Tensor:
+    "Context-aware embeddings (N, D) of about `sample_pixels` pixels drawn evenly (seeded) over `dataset`'s images."
     if len(dataset) == 0: raise ValueError('global_centroids: the dataset is empty')
     per_image = max(1, math.ceil(sample_pixels / len(dataset)))
     g, rows = torch.Generator().manual_seed(seed), []
@@ -161,7 +162,15 @@ def global_centroids(model, dataset, *, k: int, sample_pixels: int = 100_000, it
         n = min(per_image, e.shape[1])
         idx = torch.rand(e.shape[:2], generator=g).argsort(1)[:, :n].to(e.device)
         rows.append(e.gather(1, idx[..., None].expand(-1, -1, e.shape[2])).flatten(0, 1).cpu())
-    x = torch.cat(rows)
+    return torch.cat(rows)
+
+def global_centroids(model, dataset, *, k: int, sample_pixels: int = 100_000, iters: int = 30, seed: int = 0,
+                     batch_size: int = 64, device=None, init: torch.Tensor | None = None, x: torch.Tensor | None = None,
+                     **ctx) -> torch.Tensor:
+    "K-means centroids (k, D) of `sample_embeddings` of `dataset` (or of the samples `x`, drawn that way already)."
+    if x is None:
+        x = sample_embeddings(model, dataset, sample_pixels=sample_pixels, seed=seed, batch_size=batch_size,
+                              device=device, **ctx)
     if len(x) < k:
         raise ValueError(f'global_centroids: {len(x)} sampled pixels cannot make k={k} clusters; '
                          'raise fs4_sample_pixels')
@@ -302,11 +311,8 @@ def majority_scores(mat, names) -> dict:
 def view_scores(mat, names, *, views=None, majority: bool = False) -> dict:
     "{view: dict(mIoU, pixel_acc, iou)} of a (classes, K) confusion read through each label view that applies."
     mat, out = torch.as_tensor(mat).cpu(), {}
-    for v in (views or LABEL_VIEWS):
-        try: coarse, groups = label_view(names, v)
-        except ValueError:
-            if views: raise
-            continue
+    for v in (views or label_views(names)):
+        coarse, groups = label_view(names, v)
         m = torch.zeros(len(coarse), mat.shape[1], dtype=mat.dtype).index_add_(0, torch.tensor(groups), mat)
         sc = majority_scores(m, coarse) if majority else matched_scores(m, coarse)
         out[v] = dict(mIoU=sc['mIoU'], pixel_acc=sc['pixel_acc'], iou=sc['iou'])
@@ -490,7 +496,7 @@ def references(train_set, val_set, split: Split, *, seed: int = 0, sample_pixels
                batch_size: int = 64) -> dict:
     "{reference: {view: scores}} on `val_set`: one cluster, raw-RGB k-means (K = the view's classes), colour oracle."
     classes, lut = list(split.classes), _label_lut(split)
-    views = [v for v in LABEL_VIEWS if v in view_scores(torch.ones(len(classes), 1), classes)]
+    views = label_views(classes)
     per_image, g = max(1, -(-sample_pixels // len(train_set))), torch.Generator().manual_seed(seed)
     px = []
     for batch in size_batches(train_set, batch_size):

@@ -12,15 +12,15 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 from .config import RunConfig, Section, need, param
 from .datasets import normalize
-from .fs4 import cluster_assign, global_centroids, view_scores
-from .splits import LABEL_VIEWS, Split, label_view
+from .fs4 import cluster_assign, global_centroids, sample_embeddings, view_scores
+from .splits import Split, label_view, label_views
 from .train import Round, batch_indices, fit, load_checkpoint, make_optimizer, model_from_checkpoint
 from .train import poly_schedule, write_metrics
 
 # %% auto #0
 __all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'dense_views', 'to_image', 'to_view', 'feature_grid',
-           'dense_nce', 'Config', 'ImageBatches', 'pretrain', 'applicable_views', 'feature_scores', 'class_matrix',
-           'label_round', 'train_round', 'evaluate_round']
+           'dense_nce', 'Config', 'ImageBatches', 'pretrain', 'feature_scores', 'class_matrix', 'label_round',
+           'train_round', 'evaluate_round']
 
 # %% ../nbs/18b_pretrain.ipynb #pt000007
 def dense_views(images: torch.Tensor, *, generator: torch.Generator, size: int | None = None,
@@ -153,23 +153,16 @@ def pretrain(model, dataset, tc, opts: Config, *, iters: int, seed: int, ckpt=No
                log_every=tc.log_every, meta=meta, progress=progress, stop_at=stop_at, desc='pretrain')
 
 # %% ../nbs/18b_pretrain.ipynb #pt000020
-def applicable_views(names) -> list[str]:
-    "The label views (`zls.splits.LABEL_VIEWS`) that the class names `names` can be read through."
-    out = []
-    for v in LABEL_VIEWS:
-        try: label_view(names, v)
-        except ValueError: continue
-        out.append(v)
-    return out
-
 @torch.no_grad()
 def feature_scores(model, train_set, val_set, split: Split, *, sample_pixels: int = 100_000, overcluster: int = 0,
                    seed: int = 0, batch_size: int = 64, device=None) -> dict:
     "{view: Hungarian scores of k-means with K = the view's classes} (and `overcluster` majority scores) on `val_set`."
     classes, out = list(split.classes), {}
     ctx = dict(radius=0)  # the features as trained: no context-aware smoothing
-    kw = dict(sample_pixels=sample_pixels, seed=seed, batch_size=batch_size, device=device, **ctx)
-    for view in applicable_views(classes):
+    x = sample_embeddings(model, train_set, sample_pixels=sample_pixels, seed=seed, batch_size=batch_size,
+                          device=device, **ctx)  # drawn once, clustered with each K
+    kw = dict(seed=seed, device=device, x=x)
+    for view in label_views(classes):
         K = len(label_view(classes, view)[0])
         cents = global_centroids(model, train_set, k=K, **kw)
         mat = cluster_assign(model, val_set, split, K, centroids=cents, ctx=ctx, batch_size=batch_size, device=device)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # %% auto #0
 __all__ = ['BACKGROUND', 'SHAPES_COLORS', 'SHAPES_SHAPES', 'SHAPES_UNSEEN', 'VOC_CLASSES', 'VOC_UNSEEN', 'COCOSTUFF_ALL',
            'COCOSTUFF_IDS', 'COCOSTUFF_CLASSES', 'COCOSTUFF_UNSEEN', 'LABEL_VIEWS', 'shapes_classes', 'Split',
-           'get_split', 'split_table', 'label_view']
+           'get_split', 'split_table', 'label_view', 'label_views']
 
 # %% ../nbs/01_splits.ipynb #adb686ed
 BACKGROUND = 'background'
@@ -174,3 +174,11 @@ def label_view(names, view: str = 'classes') -> tuple[tuple[str, ...], list[int]
     c = [coarse(n) for n in names]
     out = tuple(dict.fromkeys(c))
     return out, [out.index(x) for x in c]
+
+
+def label_views(names) -> list[str]:
+    "The label views (of `LABEL_VIEWS`) that class names `names` can be read through."
+    def reads(view):
+        try: return bool(label_view(names, view))
+        except ValueError: return False
+    return [v for v in LABEL_VIEWS if reads(v)]
