@@ -1,23 +1,24 @@
 """Tiny STRICT, supervised and FS^4 runs give the numbers recorded in `tests/data/tiny_runs.json`.
 
 The reference first held the metrics of the code of commit f5cec9a (before the methods became plug-ins), and
-today's code matched them on the machine where they were made. Numbers also depend on the CPU (torch picks its
-kernels by the instruction set: measured, STRICT's round 0 on shapes differs between AVX2 and AVX-512), so the
-file records the `zls.core.cpu_signature` it was made on, and the comparison runs on CPUs with that signature;
-elsewhere it is skipped, saying why. Re-recorded on 2026-12-01 (AVX-512) with `python tests/test_redesign.py`.
-Any change of a number on a matching CPU means a change altered what a method computes.
+today's code matched them on the machine where they were made. Numbers depend on the CPU kernels torch runs, so
+the file records the `zls.core.kernels_signature` it was made under. zls's portable kernels (the default) give the
+same numbers on every Intel CPU with AVX2, so the comparison runs wherever the signature matches, which also tests
+that claim on each machine CI lands on; elsewhere (native kernels, a CPU without AVX2 or MKL's AVX2 branch) it is
+skipped, saying why. Re-recorded on 2026-12-01 under portable kernels with `python tests/test_redesign.py`.
+Any change of a number under the same signature means a change altered what a method computes.
 """
 import contextlib, io, json
 from pathlib import Path
 import pytest
 import torch
-from zls.core import cpu_signature
+from zls.core import cpu_signature, kernels_signature
 from zls.pipeline import evaluate_round, label_round, prepare_round, train_round
 
 pytestmark = pytest.mark.slow  # trains tiny runs
 
 REF_FILE = Path(__file__).parent / 'data' / 'tiny_runs.json'
-REF = json.loads(REF_FILE.read_text()) if REF_FILE.is_file() else dict(cpu=None, runs={})
+REF = json.loads(REF_FILE.read_text()) if REF_FILE.is_file() else dict(kernels=None, runs={})
 TINY = dict(n_train=48, n_val=24, iters0=40, iters=20, batch_size=8, eval_batch=24, log_every=20, ckpt_every=20)
 # name: (reference run, rounds compared, parameters today)
 RUNS = {'strict': ('strict', 2, {}),
@@ -56,9 +57,9 @@ def tiny_metrics(name, data_root, run_dir) -> dict:
 
 @pytest.mark.parametrize('name', list(RUNS))
 def test_same_numbers_as_recorded(name, data_root, tmp_path):
-    if cpu_signature() != REF['cpu']:
-        pytest.skip(f"reference recorded on CPU {REF['cpu']!r}, this one is {cpu_signature()!r}: results differ across "
-                    'CPU instruction sets, so they are compared only on the recording one')
+    if kernels_signature() != REF.get('kernels'):
+        pytest.skip(f"reference recorded under kernels {REF.get('kernels')!r}, this process runs {kernels_signature()!r}: "
+                    'results differ across kernels, so they are compared only under the recording ones')
     for key, got in tiny_metrics(name, data_root, tmp_path / name).items():
         assert same(got, REF['runs'][key]), f'{name} {key}: {got} differs from {REF["runs"][key]}'
 
@@ -67,5 +68,6 @@ if __name__ == '__main__':  # re-record the reference on this machine
     import tempfile
     tmp = Path(tempfile.mkdtemp())
     runs = {k: v for name in RUNS for k, v in tiny_metrics(name, str(tmp / 'data'), tmp / name).items()}
-    REF_FILE.write_text(json.dumps(dict(cpu=cpu_signature(), runs=runs), indent=1, sort_keys=True) + '\n')
-    print(f'{REF_FILE}: {len(runs)} rounds recorded on {cpu_signature()!r}')
+    REF_FILE.write_text(json.dumps(dict(kernels=kernels_signature(), cpu=cpu_signature(), runs=runs), indent=1,
+                                   sort_keys=True) + '\n')
+    print(f'{REF_FILE}: {len(runs)} rounds recorded under {kernels_signature()!r} on {cpu_signature()!r}')

@@ -4,16 +4,17 @@
 
 # %% ../nbs/00_core.ipynb #b0178f06
 from __future__ import annotations
-import contextlib, os, platform, random, subprocess, tempfile
+import contextlib, ctypes, os, platform, random, subprocess, tempfile
 from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'CPU_FLAGS', 'DataError', 'project_root', 'data_root', 'outputs_root', 'seed_everything', 'get_device',
-           'pin_threads', 'git_commit', 'device_name', 'provenance', 'cpu_signature', 'atomic_write', 'voc_palette',
-           'save_mask', 'load_mask', 'load_image']
+__all__ = ['IGNORE_INDEX', 'KERNELS', 'MKL_CBWR_AVX2', 'CPU_FLAGS', 'DataError', 'project_root', 'data_root', 'outputs_root',
+           'seed_everything', 'get_device', 'wanted_kernels', 'pin_kernels', 'kernels_signature', 'pin_threads',
+           'git_commit', 'device_name', 'provenance', 'cpu_signature', 'atomic_write', 'voc_palette', 'save_mask',
+           'load_mask', 'load_image']
 
 # %% ../nbs/00_core.ipynb #1482e9bd
 IGNORE_INDEX = 255  # unlabeled pixels: void boundaries, hidden unseen classes, ignored background
@@ -58,9 +59,52 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 # %% ../nbs/00_core.ipynb #7a51c0df
+KERNELS = ('portable', 'native')
+MKL_CBWR_AVX2 = 10  # MKL's constant for its AVX2 reproducibility branch
+
+def _mkl():
+    "torch's MKL (its reproducibility-mode functions), or None where torch has none."
+    try: lib = ctypes.CDLL(str(Path(torch.__file__).parent / 'lib' / 'libtorch_cpu.so'))
+    except OSError: return None
+    return lib if hasattr(lib, 'mkl_serv_cbwr_get') else None
+
+def wanted_kernels() -> str:
+    "The kernels this process is asked for: `$ZLS_KERNELS`, else `portable`."
+    k = os.environ.get('ZLS_KERNELS', 'portable')
+    if k not in KERNELS: raise ValueError(f'ZLS_KERNELS={k!r} is invalid: expected one of {KERNELS}')
+    return k
+
+def pin_kernels() -> str:
+    "Select the wanted CPU kernels in this process (they must be chosen before torch computes); return their signature."
+    portable = wanted_kernels() == 'portable'
+    if portable:
+        os.environ.setdefault('ATEN_CPU_CAPABILITY', 'avx2')  # read at torch's first computation
+        os.environ.setdefault('MKL_CBWR', 'AVX2')  # read when MKL starts
+        if (lib := _mkl()) is not None: lib.mkl_serv_cbwr_set(ctypes.c_int(MKL_CBWR_AVX2))  # fails once MKL ran
+    torch.backends.mkldnn.enabled = not portable
+    torch.backends.nnpack.set_flags(not portable)
+    return kernels_signature()
+
+def kernels_signature() -> str:
+    "Which kernels this process runs: the portable set, or torch's capability with oneDNN / MKL as they are."
+    lib = _mkl()
+    mkl = 'no MKL' if lib is None else \
+        ('MKL AVX2 branch' if lib.mkl_serv_cbwr_get(ctypes.c_int(1)) == MKL_CBWR_AVX2 else 'MKL unpinned')
+    cap, dnn = torch.backends.cpu.get_cpu_capability(), torch.backends.mkldnn.enabled
+    if cap == 'AVX2' and mkl != 'MKL unpinned' and not dnn and not torch._C._get_nnpack_enabled():
+        return f'portable (AVX2, {mkl})'
+    return f"native ({cap}, {mkl}, oneDNN {'on' if dnn else 'off'})"
+
+pin_kernels()  # on import: zls's processes import it before torch computes anything
+
 def pin_threads(n: int) -> int:
-    "Set torch's intra-op thread count to `n` (a run's `threads`), whatever the environment says; return it."
+    "Set torch's intra-op thread count to `n` (a run's `threads`) and check the kernels; return the thread count."
     if n < 1: raise ValueError(f'threads={n} is invalid: expected an int >= 1')
+    sig = pin_kernels()
+    if wanted_kernels() == 'portable' and not sig.startswith('portable'):
+        raise RuntimeError(f'zls needs its portable CPU kernels, but this process runs {sig}: torch computed before '
+                           'zls was imported (or the CPU lacks AVX2, or MKL refused). Import zls before anything '
+                           'runs in torch, or set ZLS_KERNELS=native (its numbers hold on this CPU kind only)')
     torch.set_num_threads(n)
     return torch.get_num_threads()
 
@@ -81,13 +125,14 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 def provenance(device, threads: int) -> dict:
-    "What a run's numbers depend on besides its parameters: code, Python, torch, torchvision, device, threads, CPU."
+    "What a run's numbers depend on besides its parameters: code, Python, torch(vision), device, threads, kernels, CPU."
     import torchvision
     import zls
     commit, dirty = git_commit()
     return dict(zls=zls.__version__, commit=commit, dirty=dirty, python=platform.python_version(),
                 torch=torch.__version__, torchvision=torchvision.__version__, device=device_name(get_device(device)),
-                threads=threads, platform=f'{platform.system()} {platform.machine()}', cpu=cpu_signature())
+                threads=threads, platform=f'{platform.system()} {platform.machine()}', kernels=kernels_signature(),
+                cpu=cpu_signature())
 
 CPU_FLAGS = ('fma', 'avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx512_fp16', 'avx_vnni', 'amx_tile', 'amx_bf16')
 

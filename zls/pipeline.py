@@ -55,16 +55,17 @@ def load_config(run_dir) -> RunConfig:
 
 # provenance entries whose change can change a run's numbers (resuming under another value is refused), and
 # those recorded only (a resume under another value is reported)
-NUMERIC_PROVENANCE, RECORDED_PROVENANCE = ('torch', 'torchvision', 'device', 'threads', 'platform', 'cpu'), \
+NUMERIC_PROVENANCE, RECORDED_PROVENANCE = ('torch', 'torchvision', 'device', 'threads', 'platform', 'kernels'), \
     ('zls', 'commit', 'dirty', 'python')
 
 def check_provenance(run_dir: Path, old: dict, new: dict) -> list[str]:
     "Refuse resuming where a numeric provenance entry differs; return notes on the recorded ones that do."
     diff = lambda keys: [f'{k} {old[k]!r} -> {new.get(k)!r}' for k in keys if k in old and old[k] != new.get(k)]
-    bad = diff(NUMERIC_PROVENANCE)
+    native = not str(old.get('kernels', 'native')).startswith('portable')  # native kernels: the CPU kind counts
+    bad = diff(NUMERIC_PROVENANCE + (('cpu',) if native else ()))
     if bad: raise ValueError(f"{run_dir} was started under another setup ({'; '.join(bad)}), which changes results; "
                              'resume it there, or choose another run name')
-    return diff(RECORDED_PROVENANCE)
+    return diff(RECORDED_PROVENANCE + (() if native else ('cpu',)))
 
 def record_config(run_dir: Path, cfg: RunConfig, rounds: int) -> dict:
     "Write `run.json` (configuration, rounds, provenance), refusing a run folder made with other values or setup."
