@@ -57,9 +57,9 @@ def tiny_metrics(name, data_root, run_dir) -> dict:
 
 @pytest.mark.parametrize('name', list(RUNS))
 def test_same_numbers_as_recorded(name, data_root, tmp_path):
-    if kernels_signature() != REF.get('kernels'):
-        pytest.skip(f"reference recorded under kernels {REF.get('kernels')!r}, this process runs {kernels_signature()!r}: "
-                    'results differ across kernels, so they are compared only under the recording ones')
+    if (sig := kernels_signature()) != REF.get('kernels'):
+        pytest.skip(f"reference recorded under kernels {REF.get('kernels')!r}, this process runs {sig!r}: results "
+                    'differ across kernels, so they are compared only under the recording ones')
     for key, got in tiny_metrics(name, data_root, tmp_path / name).items():
         assert same(got, REF['runs'][key]), f'{name} {key}: {got} differs from {REF["runs"][key]}'
 

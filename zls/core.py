@@ -183,15 +183,17 @@ def voc_palette(n: int = 256) -> np.ndarray:
 _PALETTE = voc_palette().tobytes()  # computed once: save_mask runs for every mask of a dataset
 
 # %% ../nbs/00_core.ipynb #f0694b94
-def save_mask(path: str | Path, mask) -> Path:
-    "Write a `(H, W)` label map with values in 0..255 as a VOC palette PNG, atomically."
+def save_mask(path: str | Path, mask, *, atomic: bool = True) -> Path:
+    "Write a `(H, W)` label map with values in 0..255 as a VOC palette PNG (atomically unless a folder marker is)."
     m = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
     if m.ndim != 2: raise ValueError(f'save_mask expects a (H, W) label map, got shape {m.shape} for {path}')
     if m.size and (m.min() < 0 or m.max() > 255):
         raise ValueError(f'label values must lie in 0..255 to save {path}, got {m.min()}..{m.max()}')
     im = Image.fromarray(m.astype(np.uint8), mode='P')
     im.putpalette(_PALETTE)
-    return atomic_write(path, lambda p: im.save(p, format='PNG'))
+    if atomic: return atomic_write(path, lambda p: im.save(p, format='PNG'))
+    im.save(path, format='PNG')  # for folders that count as written only once their marker file exists
+    return Path(path)
 
 def _read(path: str | Path, what: str, read):
     "`read(image)` of the image file at `path`; a truncated or corrupt file is a `DataError` naming it."
