@@ -85,6 +85,8 @@ speed: setup
 	$(BIN)/zls speed --backbone small --crop 64 --batch 16 --steps 20 --device cpu --out results/speed_cpu.csv
 	$(BIN)/zls speed --backbone deeplabv3_resnet101 --crop 321 --batch 2 --steps 2 --warmup 1 --device cpu \
 	  --out results/speed_cpu.csv --append
+	ZLS_KERNELS=native $(BIN)/zls speed --backbone small --crop 64 --batch 16 --steps 20 --device cpu \
+	  --out results/speed_cpu.csv --append
 
 # the GPU path, on a GPU machine whose Python already has torch and torchvision (no registry needed): zls goes in
 # without dependencies over that torch, then DeepLabv3 ResNet-101 speed (crop 321, batch 8, bfloat16) and a tiny

@@ -238,6 +238,35 @@ def test_resuming_under_another_torch_is_refused(strict_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_resuming_under_other_kernels_is_refused(strict_run, tmp_path):
+    run = copy_run(strict_run, tmp_path)
+    rec = json.loads((run / 'run.json').read_text())
+    rec['provenance']['kernels'] = 'native (AVX512, MKL unpinned, oneDNN on)'
+    (run / 'run.json').write_text(json.dumps(rec))
+    before = snapshot(run)
+    code, _, err = rerun(run)
+    assert code == 2 and "another setup (kernels 'native (AVX512, MKL unpinned, oneDNN on)' -> " in one_line(err)
+    assert snapshot(run) == before
+
+
+def test_an_unknown_kernel_choice_is_refused_before_anything_is_written(tmp_path):
+    res = zls('run', '--name', 'k', '--out', tmp_path, '--rounds', 0, env=dict(os.environ, ZLS_KERNELS='fastest'))
+    assert res.returncode == 2 and "ZLS_KERNELS='fastest' is invalid" in one_line(res.stderr)
+    assert not (tmp_path / 'k').exists()
+
+
+def test_torch_computing_before_zls_is_imported_is_caught():
+    "Portable kernels must be chosen before torch's first computation; a process that computed first is told so."
+    code = 'import torch; torch.ones(4, 4) @ torch.ones(4, 4); from zls.core import pin_threads; pin_threads(1)'
+    env = {k: v for k, v in os.environ.items() if k not in ('ATEN_CPU_CAPABILITY', 'MKL_CBWR')}  # as zls set them here
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
+    assert res.returncode == 1 and 'zls needs its portable CPU kernels' in res.stderr.splitlines()[-1]
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         env=dict(env, ZLS_KERNELS='native'))
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.slow
 def test_the_thread_environment_does_not_change_results(strict_run, tmp_path):
     "The same run under OMP_NUM_THREADS=1 and =4: torch's threads come from the recorded `threads`, not the env."
     metrics = {}

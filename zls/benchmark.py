@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import tempfile
 import torch
 from torch.utils.data import Dataset
-from .core import atomic_write, get_device, outputs_root, pin_threads
+from .core import atomic_write, get_device, kernels_signature, outputs_root, pin_threads
 from .config import TrainConfig
 from .data import LabeledSet
 from .datasets import normalize, size_batches
@@ -300,9 +300,11 @@ def label_views_table(rows: pd.DataFrame) -> str:
 def speed_table(rows: pd.DataFrame) -> str:
     "Images/s per backbone and setting (rows of `zls speed`), with the labeler's and a self-training round's cost."
     out = []
-    for (bb, crop, batch, dev, th), d in rows.groupby(['backbone', 'crop', 'batch', 'device', 'threads'], sort=False):
+    rows = rows.assign(kernels=rows['kernels'].str.split(' ').str[0] if 'kernels' in rows else 'native')
+    for (bb, crop, batch, dev, th, kern), d in rows.groupby(['backbone', 'crop', 'batch', 'device', 'threads', 'kernels'],
+                                                          sort=False):
         ips = dict(zip(d['what'].str.split(' ').str[0], d['images_per_s']))
-        out.append({'backbone': bb, 'crop': crop, 'batch': batch, 'device': dev, 'threads': th,
+        out.append({'backbone': bb, 'crop': crop, 'batch': batch, 'device': dev, 'threads': th, 'CPU kernels': kern,
                     'train img/s': ips['train'], 'label img/s': ips['label'], 'bare forwards img/s': ips['bare'],
                     'evaluate img/s': ips['evaluate'], 'labeler / forwards': d['labeler_vs_forwards'].iloc[0],
                     'self-training / supervised round': d['self_training_ratio'].iloc[0]})
@@ -443,7 +445,8 @@ def speed(backbone: str = 'small', *, crop: int = 64, batch: int = 16, steps: in
     ratio = 1 + (n_label / label_ips) / (round_steps * batch / train_ips)
     meta = dict(backbone=backbone, crop=crop, batch=batch, steps=steps, device=str(device), threads=threads,
                 amp=amp and device.type == 'cuda', channels_last=channels_last and device.type == 'cuda',
-                compile=compile, torch=torch.__version__, labeler_vs_forwards=round(t_lab / t_fwd, 3),
+                compile=compile, torch=torch.__version__, kernels=kernels_signature(),
+                labeler_vs_forwards=round(t_lab / t_fwd, 3),
                 self_training_ratio=round(ratio, 3))
     return out.assign(**meta)
 

@@ -95,7 +95,7 @@ def kernels_signature() -> str:
         return f'portable (AVX2, {mkl})'
     return f"native ({cap}, {mkl}, oneDNN {'on' if dnn else 'off'})"
 
-pin_kernels()  # on import: zls's processes import it before torch computes anything
+with contextlib.suppress(ValueError): pin_kernels()  # on import, before torch computes; a bad ZLS_KERNELS: later
 
 def pin_threads(n: int) -> int:
     "Set torch's intra-op thread count to `n` (a run's `threads`) and check the kernels; return the thread count."

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import zls
 from .config import RunConfig
-from .core import atomic_write, outputs_root, provenance
+from .core import atomic_write, outputs_root, provenance, wanted_kernels
 from .data import build_datasets
 from .distributed import barrier, cleanup, init_distributed, is_main
 from .methods import METHODS, rounds_of, run_config
@@ -178,6 +178,7 @@ def run_rounds(name: str = 'shapes-default', *, rounds: int | None = None, out_r
                **params) -> pd.DataFrame:
     "Run rounds 0..`rounds` of the run's method through papermill into `outputs/<name>/`, then its report; resumable."
     cfg = run_config(absolute_paths(params))  # every value checked before anything is written
+    wanted_kernels()  # and the environment's choice of CPU kernels
     rounds = rounds_of(cfg.method, rounds)
     run_dir = (outputs_root(out_root) / name).resolve()  # rounds run inside the run folder: no relative paths
     init = cfg.model.init_from
