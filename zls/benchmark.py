@@ -301,8 +301,8 @@ def speed_table(rows: pd.DataFrame) -> str:
     "Images/s per backbone and setting (rows of `zls speed`), with the labeler's and a self-training round's cost."
     out = []
     rows = rows.assign(kernels=rows['kernels'].str.split(' ').str[0] if 'kernels' in rows else 'native')
-    for (bb, crop, batch, dev, th, kern), d in rows.groupby(['backbone', 'crop', 'batch', 'device', 'threads', 'kernels'],
-                                                          sort=False):
+    keys = ['backbone', 'crop', 'batch', 'device', 'threads', 'kernels']
+    for (bb, crop, batch, dev, th, kern), d in rows.groupby(keys, sort=False):
         ips = dict(zip(d['what'].str.split(' ').str[0], d['images_per_s']))
         out.append({'backbone': bb, 'crop': crop, 'batch': batch, 'device': dev, 'threads': th, 'CPU kernels': kern,
                     'train img/s': ips['train'], 'label img/s': ips['label'], 'bare forwards img/s': ips['bare'],
