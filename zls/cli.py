@@ -116,7 +116,8 @@ def _cmd_speed(args):
     print(markdown_table(sp.set_index('what')[['images_per_s']]))
     first = sp.iloc[0]
     print(f"{first['backbone']}, crop {first['crop']}, batch {first['batch']}, {first['device']}, "
-          f"{first['threads']} thread(s), {first['kernels']} kernels: labeler / bare forwards {first['labeler_vs_forwards']:.2f}x; a self-training round / a "
+          f"{first['threads']} thread(s), {first['kernels']} kernels: labeler / bare forwards "
+          f"{first['labeler_vs_forwards']:.2f}x; a self-training round / a "
           f"supervised one {first['self_training_ratio']:.2f}x")
     out = Path(args.out) if args.out else outputs_root() / 'speed' / f"speed-{first['backbone']}-{first['device']}.csv"
     _write_rows(out, sp, append=args.append)
