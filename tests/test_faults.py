@@ -226,26 +226,15 @@ def test_resuming_with_other_threads_is_refused(strict_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_resuming_under_another_torch_is_refused(strict_run, tmp_path):
+@pytest.mark.parametrize('key, value', [('torch', '1.13.0'), ('kernels', 'native (AVX512, MKL unpinned, oneDNN on)')])
+def test_resuming_under_another_setup_is_refused(strict_run, tmp_path, key, value):
     run = copy_run(strict_run, tmp_path)
     rec = json.loads((run / 'run.json').read_text())
-    rec['provenance']['torch'] = '1.13.0'
+    rec['provenance'][key] = value
     (run / 'run.json').write_text(json.dumps(rec))
     before = snapshot(run)
     code, _, err = rerun(run)
-    assert code == 2 and "another setup (torch '1.13.0' -> " in one_line(err)
-    assert snapshot(run) == before
-
-
-@pytest.mark.slow
-def test_resuming_under_other_kernels_is_refused(strict_run, tmp_path):
-    run = copy_run(strict_run, tmp_path)
-    rec = json.loads((run / 'run.json').read_text())
-    rec['provenance']['kernels'] = 'native (AVX512, MKL unpinned, oneDNN on)'
-    (run / 'run.json').write_text(json.dumps(rec))
-    before = snapshot(run)
-    code, _, err = rerun(run)
-    assert code == 2 and "another setup (kernels 'native (AVX512, MKL unpinned, oneDNN on)' -> " in one_line(err)
+    assert code == 2 and f"another setup ({key} '{value}' -> " in one_line(err)
     assert snapshot(run) == before
 
 

@@ -300,7 +300,7 @@ def label_views_table(rows: pd.DataFrame) -> str:
 def speed_table(rows: pd.DataFrame) -> str:
     "Images/s per backbone and setting (rows of `zls speed`), with the labeler's and a self-training round's cost."
     out = []
-    rows = rows.assign(kernels=rows['kernels'].str.split(' ').str[0] if 'kernels' in rows else 'native')
+    rows = rows.assign(kernels=rows['kernels'].str.split(' ').str[0])  # portable / native
     keys = ['backbone', 'crop', 'batch', 'device', 'threads', 'kernels']
     for (bb, crop, batch, dev, th, kern), d in rows.groupby(keys, sort=False):
         ips = dict(zip(d['what'].str.split(' ').str[0], d['images_per_s']))

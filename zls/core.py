@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #b0178f06
 from __future__ import annotations
-import contextlib, ctypes, os, platform, random, subprocess, tempfile
+import contextlib, ctypes, functools, os, platform, random, subprocess, tempfile
 from pathlib import Path
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 KERNELS = ('portable', 'native')
 MKL_CBWR_AVX2 = 10  # MKL's constant for its AVX2 reproducibility branch
 
+@functools.cache
 def _mkl():
     "torch's MKL (its reproducibility-mode functions), or None where torch has none."
     try: lib = ctypes.CDLL(str(Path(torch.__file__).parent / 'lib' / 'libtorch_cpu.so'))
