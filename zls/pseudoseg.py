@@ -27,8 +27,9 @@ from .train import make_optimizer, model_from_checkpoint, poly_schedule
 # %% auto #0
 __all__ = ['SOURCES', 'JITTER', 'STUDENT_NORMS', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'grad_cam', 'linear_cam',
            'image_labels', 'PseudoSegNet', 'global_rms', 'sharpen', 'fuse', 'strong_view', 'soft_cross_entropy',
-           'bn_stats_frozen', 'rampup_weight', 'unlabeled_targets', 'ImageLabeledSet', 'Config', 'labeled_loss',
-           'weak_pseudo_labels', 'train_pseudoseg', 'label_round', 'train_round', 'pseudo_scores', 'evaluate_round']
+           'consistency_loss', 'bn_stats_frozen', 'rampup_weight', 'unlabeled_targets', 'ImageLabeledSet', 'Config',
+           'labeled_loss', 'weak_pseudo_labels', 'train_pseudoseg', 'label_round', 'train_round', 'pseudo_scores',
+           'evaluate_round']
 
 # %% ../nbs/17_pseudoseg.ipynb #95814907
 def grad_cam(feats: torch.Tensor, scorer) -> torch.Tensor:
@@ -82,14 +83,14 @@ class PseudoSegNet(nn.Module):
         attn = torch.softmax(q.transpose(1, 2) @ k / q.shape[1] ** 0.5, dim=-1)  # (B, N, N)
         return (cam.flatten(2) @ attn.transpose(1, 2)).view_as(cam) + cam
 
-    def branches(self, x: torch.Tensor, *, present: torch.Tensor | None = None) -> dict:
+    def branches(self, x: torch.Tensor, *, present: torch.Tensor | None = None, cls_grad: bool = True) -> dict:
         "Decoder logits, CAM logits (both at the input size), image-level logits and CAMs; `present` (B, n_obj) bool."
         out = self.seg.backbone(x)
         feats = out['out']
         size = x.shape[-2:]
         decoder = self.seg.classify(F.normalize(self.seg.head(out), dim=1))
         decoder = F.interpolate(decoder, size=size, mode='bilinear', align_corners=False)
-        cls = self.classifier(feats).mean((2, 3))
+        cls = self.classifier(feats if cls_grad else feats.detach()).mean((2, 3))
         cam = linear_cam(feats.detach(), self.classifier).detach()
         keep = (torch.sigmoid(cls.detach()) > 0.5) if present is None else present.to(cam.device)
         cam = self.refine(feats, cam * keep[:, :, None, None])
@@ -169,6 +170,13 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, keep: torch.T
     ce = -(target * torch.log_softmax(logits, 1)).sum(1)
     return (ce * keep).sum() / keep.sum().clamp_min(1)
 
+def consistency_loss(student: torch.Tensor, pseudo: torch.Tensor, keep: torch.Tensor, *, threshold: float = 0.0,
+                     hard: bool = False) -> torch.Tensor:
+    "Soft (or argmax) cross-entropy over kept pixels whose pseudo-label is `threshold` sure, divided by the kept count."
+    sure = keep & (pseudo.amax(1) >= threshold)
+    target = F.one_hot(pseudo.argmax(1), pseudo.shape[1]).permute(0, 3, 1, 2).to(pseudo.dtype) if hard else pseudo
+    return soft_cross_entropy(student, target, sure) * sure.sum() / keep.sum().clamp_min(1)
+
 # %% ../nbs/17_pseudoseg.ipynb #6c0e8b14
 @contextlib.contextmanager
 def bn_stats_frozen(model: nn.Module):
@@ -219,8 +227,14 @@ class Config(Section):
     ps_hue: float = param(0.25, "strong view's largest hue shift, in turns; the paper's 0.25, ~0 where colour is class")
     ps_noise: float = param(0.0, "strong view's Gaussian noise std, in 0..255 units")
     ps_blur: float = param(0.0, 'probability of a 3x3 Gaussian blur in the strong view')
+    ps_threshold: float = param(0.0, "pixels whose pseudo-label's top probability is below this take no unlabeled "
+                                     "loss (the public code's pseudo_label_threshold); 0 off")
+    ps_hard: bool = param(False, "learn the pseudo-label's argmax instead of its distribution (the public code's "
+                                 'soft_pseudo_label=False)')
     ps_weight: float = param(1.0, 'weight of the unlabeled loss')
     ps_rampup: int = param(0, 'steps after the warm-up over which the unlabeled weight rises along a sigmoid; 0 off')
+    ps_cls_grad: bool = param(True, "the image classifier's loss trains the backbone too (the public code's); False "
+                                    'trains the classifier on detached features')
     ps_image_labels: bool = param(False, 'weakly supervised variant that takes CAM classes from true image labels')
     ps_unlabeled_batch: int = param(0, 'unlabeled images per step; 0 means batch_size')
     ps_eval_images: int = param(300, 'unlabeled training images on which pseudo-labels are scored (hidden truth)')
@@ -238,6 +252,7 @@ class Config(Section):
         need('ps_hue', self.ps_hue, 0 <= self.ps_hue <= 0.5, 'a hue shift in [0, 0.5]')
         need('ps_noise', self.ps_noise, self.ps_noise >= 0, 'a noise std >= 0 (0..255 units)')
         need('ps_blur', self.ps_blur, 0 <= self.ps_blur <= 1, 'a probability in [0, 1]')
+        need('ps_threshold', self.ps_threshold, 0 <= self.ps_threshold < 1, 'a probability in [0, 1) (0: off)')
         need('ps_weight', self.ps_weight, self.ps_weight >= 0, 'a weight >= 0')
         need('ps_rampup', self.ps_rampup, self.ps_rampup >= 0, 'a number of steps >= 0 (0: no ramp)')
         need('ps_unlabeled_batch', self.ps_unlabeled_batch, self.ps_unlabeled_batch >= 0,
@@ -251,11 +266,11 @@ class Config(Section):
                     saturation=self.ps_saturation, hue=self.ps_hue, noise=self.ps_noise, blur=self.ps_blur)
 
 # %% ../nbs/17_pseudoseg.ipynb #b51d0e6a
-def labeled_loss(net: PseudoSegNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def labeled_loss(net: PseudoSegNet, x: torch.Tensor, y: torch.Tensor, *, cls_grad: bool = True) -> torch.Tensor:
     "The labelled batch's loss in training mode: cross-entropy of decoder and CAM logits, BCE of the image labels."
     pres = image_labels(y, net.n_classes, net.bg_idx)
     net.train()
-    br = net.branches(x, present=pres)
+    br = net.branches(x, present=pres, cls_grad=cls_grad)
     return (F.cross_entropy(br['decoder'], y, ignore_index=IGNORE_INDEX)
             + F.cross_entropy(br['cam_logits'], y, ignore_index=IGNORE_INDEX)
             + F.binary_cross_entropy_with_logits(br['cls'], pres.float()))
@@ -292,7 +307,7 @@ def train_pseudoseg(net: PseudoSegNet, labeled, unlabeled, opts: TrainConfig, ps
 
     def step(k, batch):
         (xl, yl), (xu, yu) = batch
-        sup = labeled_loss(net, normalize(xl.to(device)), yl.to(device))
+        sup = labeled_loss(net, normalize(xl.to(device)), yl.to(device), cls_grad=ps.ps_cls_grad)
         if k < warm: return sup, dict(sup=sup.item(), unsup=0.0, pseudo_conf=0.0)  # labelled steps only
         valid = (yu != IGNORE_INDEX).to(device)  # padding of the unlabeled crops takes no loss
         given = None  # CAM classes from the classifier, or from the image labels in the weak variant
@@ -303,7 +318,8 @@ def train_pseudoseg(net: PseudoSegNet, labeled, unlabeled, opts: TrainConfig, ps
         with bn_stats_frozen(net):
             student = net(normalize(xs.to(device)))
         if ps.ps_student_norm == 'shared': student = student / norm
-        unsup = soft_cross_entropy(student, pseudo, keep.to(device) & valid)
+        unsup = consistency_loss(student, pseudo, keep.to(device) & valid, threshold=ps.ps_threshold,
+                                 hard=ps.ps_hard)
         loss = sup + ps.ps_weight * rampup_weight(k - warm, ps.ps_rampup) * unsup
         return loss, dict(sup=sup.item(), unsup=unsup.item(), pseudo_conf=pseudo.amax(1).mean().item())
 
