@@ -173,8 +173,9 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, keep: torch.T
 def consistency_loss(student: torch.Tensor, pseudo: torch.Tensor, keep: torch.Tensor, *, threshold: float = 0.0,
                      hard: bool = False) -> torch.Tensor:
     "Soft (or argmax) cross-entropy over kept pixels whose pseudo-label is `threshold` sure, divided by the kept count."
-    sure = keep & (pseudo.amax(1) >= threshold)
     target = F.one_hot(pseudo.argmax(1), pseudo.shape[1]).permute(0, 3, 1, 2).to(pseudo.dtype) if hard else pseudo
+    if threshold <= 0: return soft_cross_entropy(student, target, keep)
+    sure = keep & (pseudo.amax(1) >= threshold)
     return soft_cross_entropy(student, target, sure) * sure.sum() / keep.sum().clamp_min(1)
 
 # %% ../nbs/17_pseudoseg.ipynb #6c0e8b14
