@@ -53,7 +53,7 @@ class Entry:
 ZERO, UNSUP = 'zero-label (12 seen / 4 unseen)', 'unsupervised (no labels)'
 SSL_START = 'self-supervised start (init_from a pretraining run)'
 UNSUP_TARGETS = dict(colour=5, objects=2, classes=17)  # label view -> its class count on shapes (= K)
-SEMI_COUNTS = (16, 31, 250)  # labelled images of the 2,000: about 1/125, 1/64 and 1/8
+SEMI_COUNTS = (16, 31, 63, 250)  # labelled images of the 2,000: about 1/125, 1/64, 1/32 and 1/8
 SEMI = {n: f'semi-supervised, {n} labelled' for n in SEMI_COUNTS}
 ABLATION = 'PseudoSeg ablations, 31 labelled'
 SHAPES_STRONG = dict(ps_brightness=0.15, ps_contrast=0.15, ps_saturation=0.15, ps_hue=0.02, ps_noise=8.0, ps_blur=0.5)
