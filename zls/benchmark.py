@@ -98,6 +98,10 @@ ENTRIES = (
           semi(16, method='supervised'), 0, init='pretrain'),
     Entry('pseudoseg-16-ssl', 'PseudoSeg, 16 labelled, self-supervised start', SSL_START,
           semi(16, method='pseudoseg', **SHAPES_PS), 0, init='pretrain'),
+    # STRICT's self-training rounds on top of each start; round 0 is the spnet-r0 / spnet-ssl run's
+    Entry('strict-r2', 'STRICT round 2, random init', SSL_START, dict(), 2, branch='spnet-r0'),
+    Entry('strict-ssl', 'STRICT round 2, self-supervised start', SSL_START, dict(), 2, branch='spnet-ssl',
+          init='pretrain'),
 )
 
 def pick(keys: str, entries=ENTRIES) -> tuple[Entry, ...]:
@@ -332,6 +336,7 @@ def unsupervised_table(rows: pd.DataFrame) -> str:
 def ssl_start_table(rows: pd.DataFrame) -> str:
     "Random init against the self-supervised start (rows of the benchmark): headline metric, mean ± std over seeds."
     pairs = (('spnet-r0', 'spnet-ssl', 'hIoU', 'STRICT round 0 (SPNet baseline)'),
+             ('strict-r2', 'strict-ssl', 'hIoU', 'STRICT round 2'),
              ('supervised-16', 'supervised-16-ssl', 'mIoU', 'supervised only, 16 labelled'),
              ('pseudoseg-16', 'pseudoseg-16-ssl', 'mIoU', 'PseudoSeg, 16 labelled'))
     out = []
