@@ -85,3 +85,11 @@ def test_named_configurations_run_on_shapes(tmp_path):
         run = json.loads((tmp_path / cfg / 'run.json').read_text())
         assert run['rounds'] == rounds and run['params']['method'] == cfg.split('-')[1]
         assert 'mIoU' in res.stdout
+
+
+def test_shipped_pseudoseg_configuration_is_the_benchmarks():
+    "`zls run --config shapes-pseudoseg` runs what the benchmark's pseudoseg-31 row measured (one setting, two places)."
+    from zls.cli import read_config
+    shipped = {k: v for k, v in read_config('shapes-pseudoseg').items() if k not in ('name', 'rounds')}
+    entry = next(e for e in ENTRIES if e.key == 'pseudoseg-31')
+    assert run_config(shipped).identity() == run_config(entry.params).identity()

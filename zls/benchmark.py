@@ -92,26 +92,31 @@ ENTRIES = (
       for v, K in UNSUP_TARGETS.items()),
     Entry('fs4-ssl-colour-cae', 'FS^4 (round 1), self-supervised start, context-aware embedding r=1', UNSUP,
           dict(method='fs4', n_clusters=5, fs4_context_radius=1), 1, init='pretrain', view='colour'),
-    Entry('spnet-r0', 'SPNet baseline (round 0), random init', SSL_START, dict(), 0),
-    Entry('spnet-ssl', 'SPNet baseline (round 0), self-supervised start', SSL_START, dict(), 0, init='pretrain'),
+    # STRICT from each start, rounds 0 and 2; the random start is the zero-label block's STRICT run itself
+    Entry('spnet-r0', 'SPNet baseline (round 0), random init', SSL_START, reads='strict', report_round=0),
+    Entry('strict-r2', 'STRICT round 2, random init', SSL_START, reads='strict', report_round=2),
+    Entry('strict-ssl', 'STRICT round 2, self-supervised start', SSL_START, dict(), 2, init='pretrain'),
+    Entry('spnet-ssl', 'SPNet baseline (round 0), self-supervised start', SSL_START, reads='strict-ssl',
+          report_round=0),
     Entry('supervised-16-ssl', 'supervised only, 16 labelled, self-supervised start', SSL_START,
           semi(16, method='supervised'), 0, init='pretrain'),
     Entry('pseudoseg-16-ssl', 'PseudoSeg, 16 labelled, self-supervised start', SSL_START,
           semi(16, method='pseudoseg', **SHAPES_PS), 0, init='pretrain'),
-    # STRICT's self-training rounds on top of each start; round 0 is the spnet-r0 / spnet-ssl run's
-    Entry('strict-r2', 'STRICT round 2, random init', SSL_START, dict(), 2, branch='spnet-r0'),
-    Entry('strict-ssl', 'STRICT round 2, self-supervised start', SSL_START, dict(), 2, branch='spnet-ssl',
-          init='pretrain'),
 )
 
 def pick(keys: str, entries=ENTRIES) -> tuple[Entry, ...]:
-    "The entries named in a comma list (with the entries they read or branch from), or all for ''."
+    "The entries named in a comma list (with the entries they read, branch or start from, and theirs), or all for ''."
     if not keys: return tuple(entries)
     want = {k.strip() for k in keys.split(',') if k.strip()}
     by_key = {e.key: e for e in entries}
     unknown = sorted(want - set(by_key))
     if unknown: raise ValueError(f'unknown benchmark entries {unknown}; valid: {", ".join(by_key)}')
-    need_ = want | {d for k in want for d in (by_key[k].reads, by_key[k].branch, by_key[k].init)} - {None}
+    need_, todo = set(), list(want)
+    while todo:
+        k = todo.pop()
+        if k in need_: continue
+        need_.add(k)
+        todo += [d for d in (by_key[k].reads, by_key[k].branch, by_key[k].init) if d]
     return tuple(e for e in entries if e.key in need_)
 
 # %% ../nbs/21_benchmark.ipynb #2c01af54
