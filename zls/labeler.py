@@ -102,19 +102,19 @@ def view_logits(generator: nn.Module, images: torch.Tensor, views=DEFAULT_VIEWS,
     if images.ndim != 4 or not images.is_floating_point():
         raise ValueError(f'images must be a normalized float batch (B, 3, H, W), '
                          f'got {tuple(images.shape)} {images.dtype}')
-    B, (H, W) = images.shape[0], images.shape[-2:]
-    out, by_scale = [None] * len(views), {}
-    for i, v in enumerate(views): by_scale.setdefault(v.scale, []).append(i)
+    H, W = images.shape[-2:]
+    out, resized = [], {}
     with torch.no_grad(), _eval_mode(generator):
-        for scale, idx in by_scale.items():
-            x = View(scale).apply(images)
-            logits = generator(torch.cat([x.flip(-1) if views[i].flip else x for i in idx]))
+        for v in views:
+            if v.scale not in resized: resized[v.scale] = View(v.scale).apply(images)
+            x = resized[v.scale]
+            logits = generator(x.flip(-1) if v.flip else x)
             if n_classes is not None and logits.shape[1] != n_classes:
                 raise ValueError(f'the generator predicts {logits.shape[1]} classes, expected n_classes={n_classes} '
                                  '(seen + unseen); give the generator every class embedding before labeling')
             if classes is not None:  # before resizing: saves memory; copying planes is 3x faster than index_select
                 logits = torch.stack([logits[:, c] for c in classes.tolist()], 1)
-            for j, i in enumerate(idx): out[i] = views[i].undo(logits[j * B:(j + 1) * B], (H, W))
+            out.append(v.undo(logits, (H, W)))
     return torch.stack(out)
 
 # %% ../nbs/12_labeler.ipynb #559fa4f6
