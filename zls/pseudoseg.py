@@ -25,11 +25,11 @@ from .train import Round, StepBatches, evaluate_round as evaluate_segmenter, fit
 from .train import make_optimizer, model_from_checkpoint, poly_schedule
 
 # %% auto #0
-__all__ = ['SOURCES', 'JITTER', 'STUDENT_NORMS', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'grad_cam', 'linear_cam',
-           'image_labels', 'PseudoSegNet', 'global_rms', 'sharpen', 'fuse', 'strong_view', 'soft_cross_entropy',
-           'consistency_loss', 'bn_stats_frozen', 'rampup_weight', 'unlabeled_targets', 'ImageLabeledSet', 'Config',
-           'labeled_loss', 'weak_pseudo_labels', 'train_pseudoseg', 'label_round', 'train_round', 'pseudo_scores',
-           'evaluate_round']
+__all__ = ['SOURCES', 'NORMS', 'JITTER', 'STUDENT_NORMS', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'grad_cam',
+           'linear_cam', 'image_labels', 'PseudoSegNet', 'global_rms', 'sharpen', 'fuse', 'strong_view',
+           'soft_cross_entropy', 'consistency_loss', 'bn_stats_frozen', 'rampup_weight', 'unlabeled_targets',
+           'ImageLabeledSet', 'Config', 'labeled_loss', 'weak_pseudo_labels', 'train_pseudoseg', 'label_round',
+           'train_round', 'pseudo_scores', 'evaluate_round']
 
 # %% ../nbs/17_pseudoseg.ipynb #95814907
 def grad_cam(feats: torch.Tensor, scorer) -> torch.Tensor:
@@ -109,7 +109,7 @@ def _feature_channels(seg: Segmenter) -> int:
     return c
 
 # %% ../nbs/17_pseudoseg.ipynb #101584cb
-SOURCES = ('fusion', 'decoder', 'cam')
+SOURCES, NORMS = ('fusion', 'decoder', 'cam'), ('rms', 'none')
 
 def global_rms(*maps: torch.Tensor) -> torch.Tensor:
     "One scalar: the root mean square of every value of `maps` (the whole batch, every pixel and class)."
@@ -122,12 +122,13 @@ def sharpen(p: torch.Tensor, T: float = 0.5, *, dim: int = 1) -> torch.Tensor:
     return q / q.sum(dim, keepdim=True)
 
 def fuse(decoder: torch.Tensor, cam_logits: torch.Tensor | None = None, *, source: str = 'fusion',
-         T: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+         T: float = 0.5, norm: str = 'rms') -> tuple[torch.Tensor, torch.Tensor]:
     "PseudoSeg's soft pseudo-label (B, C, H, W) and the shared normaliser: mean of the sources' softmaxes, sharpened."
     if source not in SOURCES: raise ValueError(f'ps_source must be one of {SOURCES}, got {source!r}')
+    if norm not in NORMS: raise ValueError(f'ps_norm must be one of {NORMS}, got {norm!r}')
     maps = {'fusion': [decoder, cam_logits], 'decoder': [decoder], 'cam': [cam_logits]}[source]
     if any(m is None for m in maps): raise ValueError(f"ps_source={source!r} needs the CAM logits")
-    norm = global_rms(*maps)
+    norm = global_rms(*maps) if norm == 'rms' else decoder.new_ones(())
     p = torch.stack([torch.softmax(m / norm, 1) for m in maps]).mean(0)
     return sharpen(p, T), norm
 
@@ -218,6 +219,8 @@ class Config(Section):
     ps_warmup: float = param(0.5, 'fraction of the steps trained on the labelled images alone before PseudoSeg')
     ps_source: str = param('fusion', 'pseudo-labels from fusion, decoder or cam')
     ps_T: float = param(0.5, 'sharpening temperature')
+    ps_norm: str = param('rms', "the sources' logits divided by their global RMS before the softmax (rms, the public "
+                                "code's) or taken as they are (none)")
     ps_student_norm: str = param('none', "strong-view logits raw (none, the public code's) or divided by the target's "
                                          'normaliser (shared)')
     ps_strong: bool = param(True, 'strong view (appearance jitter and cutout); False uses the weak view')
@@ -245,6 +248,7 @@ class Config(Section):
         need('ps_warmup', self.ps_warmup, 0 <= self.ps_warmup < 1, 'a fraction of the steps in [0, 1)')
         need('ps_source', self.ps_source, self.ps_source in SOURCES, f"one of {', '.join(SOURCES)}")
         need('ps_T', self.ps_T, self.ps_T > 0, 'a sharpening temperature > 0')
+        need('ps_norm', self.ps_norm, self.ps_norm in NORMS, f"one of {', '.join(NORMS)}")
         need('ps_student_norm', self.ps_student_norm, self.ps_student_norm in STUDENT_NORMS,
              f"one of {', '.join(STUDENT_NORMS)}")
         need('ps_cutout', self.ps_cutout, 0 <= self.ps_cutout <= 1, 'a fraction of the crop in [0, 1]')
@@ -278,13 +282,13 @@ def labeled_loss(net: PseudoSegNet, x: torch.Tensor, y: torch.Tensor, *, cls_gra
 
 @torch.no_grad()
 def weak_pseudo_labels(net: PseudoSegNet, x: torch.Tensor, *, present: torch.Tensor | None = None,
-                       source: str = 'fusion', T: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+                       source: str = 'fusion', T: float = 0.5, norm: str = 'rms') -> tuple[torch.Tensor, torch.Tensor]:
     "The fused soft pseudo-labels of a weak view and their normaliser, in eval mode without gradient."
     was = net.training
     net.eval()
     wb = net.branches(x, present=present)
     net.train(was)
-    return fuse(wb['decoder'], wb['cam_logits'], source=source, T=T)
+    return fuse(wb['decoder'], wb['cam_logits'], source=source, T=T, norm=norm)
 
 # %% ../nbs/17_pseudoseg.ipynb #240c615f
 def train_pseudoseg(net: PseudoSegNet, labeled, unlabeled, opts: TrainConfig, ps: Config, *, iters: int, seed: int,
@@ -313,7 +317,8 @@ def train_pseudoseg(net: PseudoSegNet, labeled, unlabeled, opts: TrainConfig, ps
         valid = (yu != IGNORE_INDEX).to(device)  # padding of the unlabeled crops takes no loss
         given = None  # CAM classes from the classifier, or from the image labels in the weak variant
         if ps.ps_image_labels: given = image_labels(unlabeled_targets(unlabeled, xu, yu), net.n_classes, net.bg_idx)
-        pseudo, norm = weak_pseudo_labels(net, normalize(xu.to(device)), present=given, source=ps.ps_source, T=ps.ps_T)
+        pseudo, norm = weak_pseudo_labels(net, normalize(xu.to(device)), present=given, source=ps.ps_source, T=ps.ps_T,
+                                          norm=ps.ps_norm)
         g = torch.Generator().manual_seed((seed * 1_000_003 + k) * 31 + 17)
         xs, keep = strong_view(xu, generator=g, **strong)
         with bn_stats_frozen(net):
@@ -368,7 +373,7 @@ def pseudo_scores(net: PseudoSegNet, dataset, split: Split, ps: Config, *, batch
     for batch in size_batches(dataset, batch_size):
         x = normalize(torch.stack([b['image'] for b in batch]).to(device))
         truth = split.encode(torch.stack([b['label'] for b in batch]).to(device), train=False)
-        pseudo, _ = weak_pseudo_labels(net, x, source=ps.ps_source, T=ps.ps_T)
+        pseudo, _ = weak_pseudo_labels(net, x, source=ps.ps_source, T=ps.ps_T, norm=ps.ps_norm)
         cms['pseudo'].update(pseudo.argmax(1), truth)
         cms['prediction'].update(net(x).argmax(1), truth)
     out = {}
