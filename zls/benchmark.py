@@ -63,7 +63,7 @@ SHAPES_PS = dict(SHAPES_STRONG, ps_cls_grad=False, ps_hard=True, ps_threshold=0.
 # read from the trained models afterwards (nbs/17_pseudoseg): that pseudo-label is never 0.7 sure on an object pixel;
 # this variant thresholds the decoder's plain softmax at 0.95 instead (FixMatch's), better on the held-out slice
 SHAPES_PS_DEC = dict(SHAPES_PS, ps_norm='none', ps_source='decoder', ps_T=1.0, ps_threshold=0.95)
-DEC_COUNTS = (31, 63, 250)
+DEC_COUNTS = (16, 31, 63, 250)
 
 def semi(n: int, **params) -> dict:
     "Parameters of a semi-supervised entry with `n` of the 2,000 `shapes` training images labelled."
