@@ -29,7 +29,7 @@ from .report import markdown_table, mean_std_table, rounds_table, run_summary, s
 
 # %% auto #0
 __all__ = ['ZERO', 'UNSUP', 'SSL_START', 'UNSUP_TARGETS', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'SHAPES_PS',
-           'SHAPES_PS_DEC', 'DEC_COUNTS', 'ENTRIES', 'METRICS', 'README_TABLES', 'GPU_NEEDS', 'Entry', 'semi', 'pick',
+           'SHAPES_PS_DEC', 'ENTRIES', 'METRICS', 'README_TABLES', 'GPU_NEEDS', 'Entry', 'semi', 'pick',
            'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0', 'run_name', 'run_benchmark',
            'reported_round', 'benchmark_rows', 'unsupervised_rows', 'benchmark_table', 'plot_benchmark',
            'strict_seeds_table', 'strict_seed0_table', 'family_table', 'semi_table', 'multiscale_table',
@@ -63,7 +63,6 @@ SHAPES_PS = dict(SHAPES_STRONG, ps_cls_grad=False, ps_hard=True, ps_threshold=0.
 # read from the trained models afterwards (nbs/17_pseudoseg): that pseudo-label is never 0.7 sure on an object pixel;
 # this variant thresholds the decoder's plain softmax at 0.95 instead (FixMatch's), better on the held-out slice
 SHAPES_PS_DEC = dict(SHAPES_PS, ps_norm='none', ps_source='decoder', ps_T=1.0, ps_threshold=0.95)
-DEC_COUNTS = (16, 31, 63, 250)
 
 def semi(n: int, **params) -> dict:
     "Parameters of a semi-supervised entry with `n` of the 2,000 `shapes` training images labelled."
@@ -87,7 +86,7 @@ ENTRIES = (
     Entry('pseudoseg-31-weak', 'PseudoSeg, no strong view', ABLATION,
           semi(31, method='pseudoseg', ps_strong=False, **SHAPES_PS), 0),
     *(Entry(f'pseudoseg-{n}-dec', f'PseudoSeg, decoder softmax >= 0.95, {n} labelled', SEMI[n],
-            semi(n, method='pseudoseg', **SHAPES_PS_DEC), 0) for n in DEC_COUNTS),
+            semi(n, method='pseudoseg', **SHAPES_PS_DEC), 0) for n in SEMI_COUNTS),
     Entry('kmeans', 'k-means on random-init features', UNSUP, reads='fs4', report_round=0, view='classes'),
     Entry('fs4', 'FS^4 (round 1)', UNSUP, dict(method='fs4'), 1, view='classes'),
     *(e for v, K in UNSUP_TARGETS.items() if v != 'classes' for e in (

@@ -128,9 +128,9 @@ def fuse(decoder: torch.Tensor, cam_logits: torch.Tensor | None = None, *, sourc
     if norm not in NORMS: raise ValueError(f'ps_norm must be one of {NORMS}, got {norm!r}')
     maps = {'fusion': [decoder, cam_logits], 'decoder': [decoder], 'cam': [cam_logits]}[source]
     if any(m is None for m in maps): raise ValueError(f"ps_source={source!r} needs the CAM logits")
-    norm = global_rms(*maps) if norm == 'rms' else decoder.new_ones(())
-    p = torch.stack([torch.softmax(m / norm, 1) for m in maps]).mean(0)
-    return sharpen(p, T), norm
+    scale = global_rms(*maps) if norm == 'rms' else decoder.new_ones(())
+    p = torch.stack([torch.softmax(m / scale, 1) for m in maps]).mean(0)
+    return sharpen(p, T), scale
 
 # %% ../nbs/17_pseudoseg.ipynb #1f3e8de3
 JITTER = (0.5, 0.5, 0.5, 0.25)  # brightness, contrast, saturation, hue: PseudoSeg's strong colour jitter
