@@ -78,7 +78,8 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
     ('views=2x', 'views'),
     ('batch_size=0', 'batch_size=0 is invalid'),
     ('lr=0', 'lr=0.0 is invalid'),
-    ('threads=0', 'threads=0 is invalid'),
+    ('threads=-1', 'threads=-1 is invalid'),
+    ('kernels=fast', "kernels='fast' is invalid"),
     ('dataset=voc', 'split'),  # a dataset without its split
     ('unseen=purple cross', 'purple cross'),
     ('ps_T=0.5', 'belongs to method pseudoseg'),
@@ -217,59 +218,124 @@ def test_fewer_rounds_keep_the_finished_ones(strict_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_resuming_with_other_threads_is_refused(strict_run, tmp_path):
-    run = copy_run(strict_run, tmp_path)
-    before = snapshot(run)
-    code, _, err = rerun(run, threads=2)
-    assert code == 2 and "other values of ['threads']" in one_line(err)
-    assert snapshot(run) == before
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('key, value', [('torch', '1.13.0'), ('kernels', 'native (AVX512, MKL unpinned, oneDNN on)')])
-def test_resuming_under_another_setup_is_refused(strict_run, tmp_path, key, value):
+@pytest.mark.parametrize('key, value', [('threads', 7), ('kernels', 'portable'), ('torch', '1.13.0'),
+                                        ('cpu', 'AVX2 fma avx2')])
+def test_resuming_under_another_setup_goes_on_saying_so(strict_run, tmp_path, key, value):
+    "A run may move to other threads, kernels, torch or CPU: one line names the change, run.json records it."
     run = copy_run(strict_run, tmp_path)
     rec = json.loads((run / 'run.json').read_text())
     rec['provenance'][key] = value
     (run / 'run.json').write_text(json.dumps(rec))
-    before = snapshot(run)
-    code, _, err = rerun(run)
-    assert code == 2 and f"another setup ({key} '{value}' -> " in one_line(err)
-    assert snapshot(run) == before
+    code, out, err = rerun(run)
+    assert code == 0, err
+    note = [l for l in out.splitlines() if l.startswith('note: resuming')]
+    assert len(note) == 1 and f'{key} {value!r} -> ' in note[0] and 'exact resume needs' in note[0], out
+    moved = json.loads((run / 'run.json').read_text())
+    assert moved['moves'] == [note[0].split(' under ', 1)[1].split(' (its numbers')[0]]
+    assert moved['provenance'][key] != value
+
+
+@pytest.mark.slow
+def test_another_thread_count_is_a_move_not_another_run(strict_run, tmp_path):
+    "threads is volatile: asking a finished run for threads=2 resumes it (here: nothing left to do)."
+    run = copy_run(strict_run, tmp_path)
+    code, out, err = rerun(run, threads=2)
+    assert code == 0 and 'round 1: done already' in out, err
 
 
 def test_an_unknown_kernel_choice_is_refused_before_anything_is_written(tmp_path):
     res = zls('run', '--name', 'k', '--out', tmp_path, '--rounds', 0, env=dict(os.environ, ZLS_KERNELS='fastest'))
     assert res.returncode == 2 and "ZLS_KERNELS='fastest' is invalid" in one_line(res.stderr)
+    code, _, err = cli('run', '--name', 'k', '--out', tmp_path, '--set', 'kernels=fastest')
+    assert code == 2 and "kernels='fastest' is invalid" in one_line(err)
     assert not (tmp_path / 'k').exists()
 
 
-def test_torch_computing_before_zls_is_imported_is_caught():
-    "Portable kernels must be chosen before torch's first computation; a process that computed first is told so."
-    code = 'import torch; torch.ones(4, 4) @ torch.ones(4, 4); from zls.core import pin_threads; pin_threads(1)'
-    env = {k: v for k, v in os.environ.items() if k not in ('ATEN_CPU_CAPABILITY', 'MKL_CBWR')}  # as zls set them here
-    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
-    assert res.returncode == 1 and 'zls needs its portable CPU kernels' in res.stderr.splitlines()[-1]
-    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                         env=dict(env, ZLS_KERNELS='native'))
+PROBE_ENV = {k: v for k, v in os.environ.items() if k not in ('ZLS_KERNELS', 'ATEN_CPU_CAPABILITY', 'MKL_CBWR')}
+
+
+def test_importing_zls_leaves_torch_as_it_was():
+    "No backend flag, environment variable or thread count changes when zls (every module) is imported."
+    code = ('import json, os, torch, torchvision; state = lambda: [sorted(os.environ.items()), '
+            'torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled(), torch.get_num_threads(), '
+            'torch.backends.cpu.get_cpu_capability()]; before = state()\n'
+            'import zls, zls.cli, zls.benchmark, zls.explore, zls.docs, zls.pretrain\n'
+            'print(json.dumps(state() == before))')
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=PROBE_ENV)
+    assert res.returncode == 0 and res.stdout.strip() == 'true', res.stderr[-2000:]
+
+
+def test_portable_kernels_asked_for_after_torch_computed_are_refused_in_one_line():
+    "Portable kernels must be chosen before torch's first computation; native ones are torch as it is."
+    code = 'import torch; torch.ones(4, 4) @ torch.ones(4, 4); from zls.core import pin_threads; pin_threads(1, "{}")'
+    res = subprocess.run([sys.executable, '-c', code.format('portable')], capture_output=True, text=True,
+                         env=PROBE_ENV)
+    assert res.returncode == 1 and 'portable CPU kernels were asked for, but' in res.stderr.splitlines()[-1]
+    res = subprocess.run([sys.executable, '-c', code.format('')], capture_output=True, text=True, env=PROBE_ENV)
     assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.slow
-def test_the_thread_environment_does_not_change_results(strict_run, tmp_path):
-    "The same run under OMP_NUM_THREADS=1 and =4: torch's threads come from the recorded `threads`, not the env."
+def test_a_round_runs_on_a_cpu_without_avx2(tmp_path, data):
+    "torch's generic kernels (ATEN_CPU_CAPABILITY=default: what a CPU without AVX2, e.g. ARM, runs) finish a round."
+    res = zls('run', '--name', 'generic', '--out', tmp_path, '--rounds', 1, '--no-report',
+              *sets(**TINY, data_root=data), env=dict(PROBE_ENV, ATEN_CPU_CAPABILITY='default'))
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = tmp_path / 'generic'
+    assert json.loads((run / 'run.json').read_text())['provenance']['cpu'].startswith('DEFAULT')
+    setup = json.loads((run / 'round_1' / 'metrics.json').read_text())['setup']
+    assert setup['kernels'].startswith('native (DEFAULT'), setup
+
+
+@pytest.mark.slow
+def test_a_round_runs_in_a_process_where_torch_computed_first(tmp_path, data):
+    "The notebook order: torch computes, then zls is imported and a round runs in the same process."
+    code = ('import sys, torch; torch.ones(8, 8) @ torch.ones(8, 8)\n'
+            'from zls.pipeline import evaluate_round, label_round, prepare_round, train_round\n'
+            'p = dict(' + ', '.join(f'{k}={v!r}' for k, v in TINY.items()) + f', data_root={str(data)!r})\n'
+            'for k in (0, 1):\n'
+            f'    r = prepare_round(p, run_dir={str(tmp_path / "run")!r}, k=k)\n'
+            '    label_round(r); train_round(r); m = evaluate_round(r)\n'
+            'print("hIoU", m["plain"]["hIoU"])')
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=PROBE_ENV)
+    assert res.returncode == 0 and 'hIoU' in res.stdout, res.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_with_threads_set_the_thread_environment_does_not_change_results(strict_run, tmp_path):
+    "threads=1 under OMP_NUM_THREADS=1 and =4: torch's threads come from the parameter; threads=0 follows the env."
     metrics = {}
     for omp in ('1', '4'):
-        res = zls('run', '--name', f'omp{omp}', '--out', tmp_path, '--rounds', 0, '--no-report', *same_run(strict_run),
-                  env=dict(os.environ, OMP_NUM_THREADS=omp))
+        res = zls('run', '--name', f'omp{omp}', '--out', tmp_path, '--rounds', 0, '--no-report',
+                  *same_run(strict_run, threads=1), env=dict(os.environ, OMP_NUM_THREADS=omp))
         assert res.returncode == 0, res.stderr[-2000:]
         text = res.stdout + res.stderr  # what a user sees: the round's line and the table, nothing else
         assert 'round 0: mIoU seen' in text
         for noise in ('Kernel is running over TCP', 'KeyboardInterrupt', 'nan'): assert noise not in text, noise
         m = json.loads((tmp_path / f'omp{omp}' / 'round_0' / 'metrics.json').read_text())
+        assert m['setup']['threads'] == 1
         metrics[omp] = json.dumps([m['plain'], [{k: v for k, v in e.items() if k != 'secs'} for e in m['log']]])
     assert metrics['1'] == metrics['4']
     assert json.loads((strict_run / 'round_0' / 'metrics.json').read_text())['plain'] == json.loads(metrics['1'])[0]
+    assert json.loads((strict_run / 'run.json').read_text())['provenance']['threads'] == 1  # made under OMP=1
+
+
+@pytest.mark.parametrize('name', ['../escaped', 'a/b', '..'])
+def test_a_run_name_is_one_folder_inside_the_outputs_root(tmp_path, name):
+    out = tmp_path / 'outputs'
+    code, _, err = cli('run', '--name', name, '--out', out)
+    assert code == 2 and f'name={name!r} is invalid: expected one plain folder name' in one_line(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_malformed_yaml_and_a_misspelt_parameter_are_one_line(tmp_path):
+    cfg = tmp_path / 'p.yaml'
+    cfg.write_text('name: tiny\niters0: [2\niters: 5\n')
+    code, _, err = cli('run', '--config', cfg, '--out', tmp_path / 'o')
+    assert code == 2 and f'{cfg}, line 3: not valid YAML' in one_line(err)
+    code, _, err = cli('run', '--set', 'top_pp=50', '--out', tmp_path / 'o')
+    assert code == 2 and "unknown parameter 'top_pp' (did you mean 'top_p'?)" in one_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['p.yaml']
 
 
 def test_gpu_check_says_there_is_no_gpu():

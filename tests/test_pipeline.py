@@ -68,18 +68,37 @@ def _zls_run(out, name, extra=()):
     return [ZLS, 'run', '--name', name, '--out', str(out), '--rounds', '1', '--no-report', *sets, *extra]
 
 
-@pytest.mark.slow
-def test_kill_and_resume_gives_same_metrics(tmp_path):
-    "Kill a run mid-round (driver and kernel), run it again: the metrics equal an uninterrupted run's."
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    subprocess.run(_zls_run(tmp_path, 'straight'), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_zls_run(tmp_path, 'killed'), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / 'killed' / 'round_0' / 'train.pt'
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory) -> Path:
+    "The tiny run of `_zls_run`, uninterrupted: what a stopped and resumed run must end with."
+    out = tmp_path_factory.mktemp('straight')
+    subprocess.run(_zls_run(out, 'straight'), check=True, capture_output=True)
+    return out / 'straight'
+
+
+def _first_checkpoint(proc, run: Path) -> Path:
+    ckpt = run / 'round_0' / 'train.pt'
     deadline = time.time() + 300
     while not ckpt.exists():
         assert proc.poll() is None and time.time() < deadline, 'the run ended before its first checkpoint'
         time.sleep(0.2)
     time.sleep(1.0)
+    return ckpt
+
+
+def _same_metrics(a: Path, b: Path):
+    for k in (0, 1):
+        ma, mb = (json.loads((r / f'round_{k}' / 'metrics.json').read_text()) for r in (a, b))
+        assert ma['plain'] == mb['plain'] and ma['calibrated'] == mb['calibrated'], f'round {k} differs after resuming'
+        assert ma.get('pseudo') == mb.get('pseudo')
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_same_metrics(tmp_path, straight):
+    "Kill a run mid-round (driver and kernel), run it again: the metrics equal an uninterrupted run's."
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen(_zls_run(tmp_path, 'killed'), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = _first_checkpoint(proc, tmp_path / 'killed')
     family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     for pid in family:
         try: os.kill(pid, signal.SIGKILL)
@@ -91,11 +110,31 @@ def test_kill_and_resume_gives_same_metrics(tmp_path):
     assert 0 < step < 200
     out = subprocess.run(_zls_run(tmp_path, 'killed'), check=True, env=env, capture_output=True, text=True)
     assert 'round 0' in out.stdout
-    for k in (0, 1):
-        a = json.loads((tmp_path / 'straight' / f'round_{k}' / 'metrics.json').read_text())
-        b = json.loads((tmp_path / 'killed' / f'round_{k}' / 'metrics.json').read_text())
-        assert a['plain'] == b['plain'] and a['calibrated'] == b['calibrated'], f'round {k} differs after resuming'
-        assert a.get('pseudo') == b.get('pseudo')
+    _same_metrics(straight, tmp_path / 'killed')
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_run_at_once_and_the_same_command_resumes(tmp_path, straight):
+    "SIGINT to the run's process group (what Ctrl-C in a terminal sends): every process ends within 10 s, one line."
+    proc = subprocess.Popen(_zls_run(tmp_path, 'stopped'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's foreground job
+    _first_checkpoint(proc, tmp_path / 'stopped')
+    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    assert any('ipykernel' in ' '.join(p.cmdline()) for p in family), 'the round runs in a papermill kernel'
+    t0 = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=10)
+    assert time.time() - t0 < 10
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('zls: interrupted in round 0') and 'run the same command again to resume' in last, err
+    assert 'is kept' in last
+    gone, alive = psutil.wait_procs(family, timeout=2)
+    assert not alive, f'processes left behind: {alive}'
+    assert not (tmp_path / 'stopped' / 'round_0' / 'metrics.json').exists(), 'stopped too late to test resuming'
+    out = subprocess.run(_zls_run(tmp_path, 'stopped'), check=True, capture_output=True, text=True)
+    assert 'resuming at step' in out.stdout + out.stderr or 'round 0' in out.stdout
+    _same_metrics(straight, tmp_path / 'stopped')
 
 
 def test_cli_help_and_bad_parameters(tmp_path):

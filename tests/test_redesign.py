@@ -2,18 +2,18 @@
 
 The reference first held the metrics of the code of commit f5cec9a (before the methods became plug-ins), and
 today's code matched them on the machine where they were made. Numbers depend on the CPU kernels torch runs, so
-the file records the `zls.core.kernels_signature` it was made under. zls's portable kernels (the default) give the
-same numbers on every Intel CPU with AVX2, so the comparison runs wherever the signature matches, which also tests
-that claim on each machine CI lands on; elsewhere (native kernels, a CPU without AVX2 or MKL's AVX2 branch) it is
-skipped, saying why. Re-recorded on 2026-12-01 under portable kernels with `python tests/test_redesign.py`.
+the file records the `zls.core.kernels_signature` it was made under. zls's portable kernels (`kernels=portable`, an
+option; torch's own kernels are the default) give the same numbers on every Intel CPU with AVX2, so each comparison
+runs in a fresh process that asks for them, wherever they can be had, which also tests that claim on each machine CI
+lands on; elsewhere (a CPU without AVX2, or a non-Intel one, whose MKL refuses its AVX2 branch) it is skipped, saying
+why. Recorded under portable kernels with `python tests/test_redesign.py`.
 Any change of a number under the same signature means a change altered what a method computes.
 """
-import contextlib, io, json
+import contextlib, io, json, os, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
-from zls.core import cpu_signature, kernels_signature
-from zls.pipeline import evaluate_round, label_round, prepare_round, train_round
+from zls.core import cpu_signature, kernels_signature, pin_kernels
 
 pytestmark = pytest.mark.slow  # trains tiny runs
 
@@ -38,6 +38,7 @@ def data_root(tmp_path_factory):
 
 def tiny_metrics(name, data_root, run_dir) -> dict:
     "{'<reference run>/round_<k>': plain, plain_iou and loss log} of one tiny run, one thread, in-process."
+    from zls.pipeline import evaluate_round, label_round, prepare_round, train_round
     ref_run, rounds, extra = RUNS[name]
     params, out = dict(TINY, data_root=data_root, **extra), {}
     threads = torch.get_num_threads()
@@ -55,17 +56,38 @@ def tiny_metrics(name, data_root, run_dir) -> dict:
     return out
 
 
+def portable_metrics(name, data_root, run_dir) -> dict:
+    "`tiny_metrics` in a fresh process under portable kernels: {'kernels': signature, 'runs': ...} or {'skip': why}."
+    res = subprocess.run([sys.executable, __file__, '--compare', name, data_root, str(run_dir)], capture_output=True,
+                         text=True, env=dict(os.environ, ZLS_KERNELS='portable'))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.splitlines()[-1])
+
+
 @pytest.mark.parametrize('name', list(RUNS))
 def test_same_numbers_as_recorded(name, data_root, tmp_path):
-    if (sig := kernels_signature()) != REF.get('kernels'):
-        pytest.skip(f"reference recorded under kernels {REF.get('kernels')!r}, this process runs {sig!r}: results "
-                    'differ across kernels, so they are compared only under the recording ones')
-    for key, got in tiny_metrics(name, data_root, tmp_path / name).items():
-        assert same(got, REF['runs'][key]), f'{name} {key}: {got} differs from {REF["runs"][key]}'
+    got = portable_metrics(name, data_root, tmp_path / name)
+    if 'skip' in got: pytest.skip(got['skip'])
+    if got['kernels'] != REF.get('kernels'):
+        pytest.skip(f"reference recorded under kernels {REF.get('kernels')!r}, this CPU runs {got['kernels']!r}: "
+                    'results differ across kernels, so they are compared only under the recording ones')
+    for key, run in got['runs'].items():
+        assert same(run, REF['runs'][key]), f'{name} {key}: {run} differs from {REF["runs"][key]}'
 
 
-if __name__ == '__main__':  # re-record the reference on this machine
+def _in_portable_process(argv) -> dict:
+    "This file run as `--compare NAME DATA_ROOT RUN_DIR`: pin portable kernels first, then the tiny run."
+    try: sig = pin_kernels('portable')
+    except RuntimeError as e: return dict(skip=str(e))
+    name, data_root, run_dir = argv
+    return dict(kernels=sig, runs=tiny_metrics(name, data_root, Path(run_dir)))
+
+
+if __name__ == '__main__' and sys.argv[1:2] == ['--compare']:
+    print(json.dumps(_in_portable_process(sys.argv[2:]), sort_keys=True))
+elif __name__ == '__main__':  # re-record the reference on this machine, under portable kernels
     import tempfile
+    pin_kernels('portable')
     tmp = Path(tempfile.mkdtemp())
     runs = {k: v for name in RUNS for k, v in tiny_metrics(name, str(tmp / 'data'), tmp / name).items()}
     REF_FILE.write_text(json.dumps(dict(kernels=kernels_signature(), cpu=cpu_signature(), runs=runs), indent=1,

@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse, json, sys, typing
 from pathlib import Path
 import pandas as pd
-from .config import COMMON
+from .config import COMMON, did_you_mean
 from .config import convert as convert_value
-from .core import DataError, atomic_write, outputs_root, pin_threads
+from .core import DataError, KernelsUnavailable, atomic_write, outputs_root, pin_threads
 from .data import build_datasets, dataset_roots, split_of
 from .splits import LABEL_VIEWS
 from .methods import METHODS, run_config
-from .pipeline import PIPELINES, RoundFailed, load_config, run_rounds
+from .pipeline import PIPELINES, RoundFailed, RunInterrupted, load_config, run_rounds
 from .train import model_from_checkpoint, round_dir
 
 # %% auto #0
@@ -29,7 +29,8 @@ def parameter_types() -> dict[str, type]:
 def convert(key: str, value: str):
     "A `--set` value converted to the type of its parameter."
     types = parameter_types()
-    if key not in types: raise ValueError(f'unknown parameter {key!r}; valid: {", ".join(types)}')
+    if key not in types: raise ValueError(f'unknown parameter {key!r}{did_you_mean([key], types)}; '
+                                          f'valid: {", ".join(types)}')
     return convert_value(key, types[key], value)
 
 CONFIGS = PIPELINES / 'configs'
@@ -48,15 +49,20 @@ def config_path(spec: str) -> Path:
 
 def read_config(spec) -> dict:
     "Run parameters from a JSON or YAML file or a shipped configuration's name (a flat mapping name: value)."
+    import yaml
     path = config_path(str(spec))
     text = path.read_text()
-    if path.suffix in ('.yaml', '.yml'):
-        import yaml
-        cfg = yaml.safe_load(text)
-    else: cfg = json.loads(text)
+    try: cfg = yaml.safe_load(text) if path.suffix in ('.yaml', '.yml') else json.loads(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None) or getattr(e, 'context_mark', None)
+        at = f', line {mark.line + 1}' if mark else ''
+        raise ValueError(f'{path}{at}: not valid YAML ({getattr(e, "problem", None) or e}); fix that line') from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f'{path}, line {e.lineno}: not valid JSON ({e.msg}); fix that line') from None
     if not isinstance(cfg, dict): raise ValueError(f'{path} must hold a mapping of parameter names to values')
-    bad = sorted(set(cfg) - set(parameter_types()) - {'name', 'rounds'})
-    if bad: raise ValueError(f'{path}: unknown parameter(s) {bad}; valid: {", ".join(parameter_types())}')
+    valid = [*parameter_types(), 'name', 'rounds']
+    bad = sorted(set(cfg) - set(valid))
+    if bad: raise ValueError(f'{path}: unknown parameter(s) {bad}{did_you_mean(bad, valid)}; valid: {", ".join(valid)}')
     return cfg
 
 def apply_sets(p: dict, sets) -> dict:
@@ -164,7 +170,7 @@ def _cmd_eval(args):
     if not ckpt.is_file(): raise ValueError(f'checkpoint {ckpt} does not exist')
     run = _run_of(ckpt)
     cfg = run_config(apply_sets(load_config(run).flat(), args.set))
-    pin_threads(cfg.train.threads)  # the run's thread count: the same numbers as its own evaluation
+    pin_threads(cfg.train.threads, cfg.train.kernels)  # the run's thread count: the same numbers as its own evaluation
     split, val = split_of(cfg.data), build_datasets(cfg.data)[1]
     views = parse_views(args.views) if args.views else None
     cms = evaluate(model_from_checkpoint(ckpt), val, split, gammas=tuple(args.gamma or [0.0]), views=views,
@@ -187,7 +193,7 @@ def _cmd_labels(args):
     from zls.labeler import label_offline, parse_views
     run = Path(args.run)
     cfg = load_config(run)
-    pin_threads(cfg.train.threads)
+    pin_threads(cfg.train.threads, cfg.train.kernels)
     if not hasattr(cfg.method_cfg, 'views'):
         raise ValueError(f"zls labels runs STRICT's labeler; {run} is a method={cfg.method} run, which has no views")
     if args.round < 1: raise ValueError('--round must be >= 1: round k is labelled by the model of round k-1')
@@ -344,8 +350,9 @@ def main(argv=None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     try: args.fn(args)
-    except (ValueError, FileNotFoundError) as e: ap.exit(2, f'zls: error: {e}\n')  # a parameter or path to fix
+    except (ValueError, FileNotFoundError, KernelsUnavailable) as e: ap.exit(2, f'zls: error: {e}\n')  # to fix
     except (DataError, RoundFailed) as e: ap.exit(1, f'zls: error: {e}\n')  # the data, or a round, failed
+    except RunInterrupted as e: ap.exit(130, f'zls: {e}\n')  # Ctrl-C: 128 + SIGINT, as shells report it
     except OSError as e: ap.exit(1, f'zls: error: {e.strerror or e}: {e.filename or ""} (nothing finished was lost; '
                                     'fix it and run the same command again)\n')  # disk full, permissions
     return 0

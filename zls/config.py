@@ -4,13 +4,14 @@
 
 # %% ../nbs/10_config.ipynb #cd702286
 from __future__ import annotations
-import math, typing
+import difflib, math, typing
 from dataclasses import dataclass, field, fields
+from .core import KERNELS
 from .splits import get_split
 
 # %% auto #0
-__all__ = ['DATASETS', 'EMBEDDINGS', 'COMMON', 'VOLATILE', 'param', 'need', 'convert', 'Section', 'DataConfig', 'ModelConfig',
-           'TrainConfig', 'EvalConfig', 'RunConfig']
+__all__ = ['DATASETS', 'EMBEDDINGS', 'COMMON', 'VOLATILE', 'param', 'need', 'did_you_mean', 'convert', 'Section', 'DataConfig',
+           'ModelConfig', 'TrainConfig', 'EvalConfig', 'RunConfig']
 
 # %% ../nbs/10_config.ipynb #42ee7e3a
 def param(default, help: str):
@@ -20,6 +21,11 @@ def param(default, help: str):
 def need(name: str, value, ok: bool, expected: str):
     "Refuse `value` of parameter `name` unless `ok`, saying what is expected."
     if not ok: raise ValueError(f'{name}={value!r} is invalid: expected {expected}')
+
+def did_you_mean(names, valid) -> str:
+    "' (did you mean ...?)' naming the closest valid name of each unknown one in `names`, or ''."
+    close = [m[0] for n in names if (m := difflib.get_close_matches(n, list(valid), n=1, cutoff=0.6))]
+    return f" (did you mean {' / '.join(map(repr, dict.fromkeys(close)))}?)" if close else ''
 
 # %% ../nbs/10_config.ipynb #6f49733c
 _TRUE, _FALSE = ('1', 'true', 'yes'), ('0', 'false', 'no')
@@ -125,7 +131,7 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     "Optimisation, augmentation, seeds, checkpoints and processes of the training rounds."
     iters0: int = param(1500, 'training steps of round 0')
-    iters: int = param(1000, 'training steps of each later round')
+    iters: int = param(600, 'training steps of each later round')
     batch_size: int = param(16, 'images per step')
     crop: int = param(64, 'training crop side')
     scale_min: float = param(0.5, 'random scale range, lower end')
@@ -143,11 +149,16 @@ class TrainConfig(Section):
     channels_last: bool = param(True, 'channels-last memory format on CUDA (never on the CPU)')
     compile: bool = param(False, 'torch.compile the network (needs a working compiler toolchain)')
     nproc: int = param(1, 'processes per round; more than 1 runs each round under torchrun')
-    threads: int = param(1, "torch threads per process, pinned (results change with it); not the machine's cores")
+    threads: int = param(0, 'torch threads per process (numbers change with it); 0: $OMP_NUM_THREADS, else the '
+                            'cores (shared among nproc processes)')
+    kernels: str = param('', 'CPU kernels: native (torch\'s own, fastest) or portable (the same numbers on every x86 '
+                             'CPU with AVX2, about 2x slower); empty: $ZLS_KERNELS, else native')
 
     def check(self):
-        for n in ('iters0', 'iters', 'batch_size', 'crop', 'ckpt_every', 'log_every', 'nproc', 'threads'):
+        for n in ('iters0', 'iters', 'batch_size', 'crop', 'ckpt_every', 'log_every', 'nproc'):
             need(n, getattr(self, n), getattr(self, n) >= 1, 'an int >= 1')
+        need('threads', self.threads, self.threads >= 0, 'an int >= 0 (0: the cores torch would use)')
+        need('kernels', self.kernels, self.kernels in ('', *KERNELS), f"'', {' or '.join(KERNELS)}")
         need('scale_min', self.scale_min, 0 < self.scale_min <= self.scale_max,
              f'0 < scale_min <= scale_max={self.scale_max}')
         need('optimizer', self.optimizer, self.optimizer in ('sgd', 'adamw'), "'sgd' or 'adamw'")
@@ -162,7 +173,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     "Evaluation (and the batch size of offline labeling, which runs the same way)."
     gamma: float = param(0.6, 'calibration subtracted from seen-class probabilities in the calibrated evaluation')
-    eval_batch: int = param(64, 'images per batch when labeling and evaluating')
+    eval_batch: int = param(16, 'images per batch when labeling and evaluating')
     eval_views: str = param('', 'also evaluate the mean softmax of these views: multiscale (0.5-1.75, flipped too) or '
                                 "a list like 1,1f,1.5; empty: single-scale only (the headline either way)")
 
@@ -173,7 +184,8 @@ class EvalConfig(Section):
 # %% ../nbs/10_config.ipynb #2f4a2f87
 COMMON = dict(data=DataConfig, model=ModelConfig, train=TrainConfig, eval=EvalConfig)
 # parameters that may change between a killed run and its resumption without changing results
-VOLATILE = frozenset({'device', 'workers', 'log_every', 'eval_batch'})
+# (threads and kernels change the last bits, hence the numbers within the seeds' spread: a run may move machines)
+VOLATILE = frozenset({'device', 'workers', 'log_every', 'eval_batch', 'threads', 'kernels'})
 
 @dataclass
 class RunConfig:
@@ -208,6 +220,7 @@ class RunConfig:
         owners = {n: name for name, s in {**COMMON, method: method_section}.items() for n in s.names()}
         unknown = sorted(set(flat) - set(owners))
         if unknown:
-            raise ValueError(f'unknown parameter(s) {unknown} for method={method}; valid: {", ".join(owners)}')
+            raise ValueError(f'unknown parameter(s) {unknown}{did_you_mean(unknown, owners)} for method={method}; '
+                             f'valid: {", ".join(owners)}')
         parts = {name: s.pick(flat) for name, s in COMMON.items()}
         return cls(method, method_section.pick(flat), **parts)

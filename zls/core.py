@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'KERNELS', 'MKL_CBWR_AVX2', 'CPU_FLAGS', 'DataError', 'project_root', 'data_root', 'outputs_root',
-           'seed_everything', 'get_device', 'wanted_kernels', 'pin_kernels', 'kernels_signature', 'pin_threads',
-           'git_commit', 'device_name', 'provenance', 'cpu_signature', 'atomic_write', 'voc_palette', 'save_mask',
-           'load_mask', 'load_image']
+__all__ = ['IGNORE_INDEX', 'KERNELS', 'MKL_CBWR_AVX2', 'PORTABLE_ENV', 'CPU_FLAGS', 'DataError', 'project_root', 'data_root',
+           'outputs_root', 'seed_everything', 'get_device', 'wanted_kernels', 'kernels_env', 'kernels_signature',
+           'KernelsUnavailable', 'pin_kernels', 'default_threads', 'pin_threads', 'git_commit', 'device_name',
+           'provenance', 'cpu_signature', 'atomic_write', 'voc_palette', 'save_mask', 'load_mask', 'load_image']
 
 # %% ../nbs/00_core.ipynb #1482e9bd
 IGNORE_INDEX = 255  # unlabeled pixels: void boundaries, hidden unseen classes, ignored background
@@ -35,7 +35,8 @@ def project_root(start: str | Path | None = None) -> Path | None:
 def _root(arg, env: str, sub: str) -> Path:
     if arg is not None: return Path(arg)
     if os.environ.get(env): return Path(os.environ[env])
-    return (project_root() or Path.cwd()) / sub
+    # the working directory's project, else the checkout zls runs from (a round runs inside its run folder)
+    return (project_root() or project_root(Path(__file__).parent) or Path.cwd()) / sub
 
 def data_root(root: str | Path | None = None) -> Path:
     "Datasets folder: `root`, else `$ZLS_DATA`, else `<project>/data`."
@@ -59,8 +60,9 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 # %% ../nbs/00_core.ipynb #7a51c0df
-KERNELS = ('portable', 'native')
+KERNELS = ('native', 'portable')
 MKL_CBWR_AVX2 = 10  # MKL's constant for its AVX2 reproducibility branch
+PORTABLE_ENV = dict(ATEN_CPU_CAPABILITY='avx2', MKL_CBWR='AVX2')  # read at torch's first computation / MKL's start
 
 @functools.cache
 def _mkl():
@@ -69,23 +71,20 @@ def _mkl():
     except OSError: return None
     return lib if hasattr(lib, 'mkl_serv_cbwr_get') else None
 
-def wanted_kernels() -> str:
-    "The kernels this process is asked for: `$ZLS_KERNELS`, else `portable`."
-    k = os.environ.get('ZLS_KERNELS', 'portable')
-    if k not in KERNELS: raise ValueError(f'ZLS_KERNELS={k!r} is invalid: expected one of {KERNELS}')
+def wanted_kernels(kernels: str = '') -> str:
+    "The CPU kernels asked for: `kernels` if given, else `$ZLS_KERNELS`, else `native` (torch's own)."
+    k = kernels or os.environ.get('ZLS_KERNELS') or 'native'
+    src = 'kernels' if kernels else 'ZLS_KERNELS'
+    if k not in KERNELS: raise ValueError(f'{src}={k!r} is invalid: expected one of {", ".join(KERNELS)}')
     return k
 
-def pin_kernels() -> str:
-    "Select the wanted CPU kernels in this process (they must be chosen before torch computes); return their signature."
-    portable = wanted_kernels() == 'portable'
-    if portable:
-        os.environ.setdefault('ATEN_CPU_CAPABILITY', 'avx2')  # read at torch's first computation
-        os.environ.setdefault('MKL_CBWR', 'AVX2')  # read when MKL starts
-        if (lib := _mkl()) is not None: lib.mkl_serv_cbwr_set(ctypes.c_int(MKL_CBWR_AVX2))  # fails once MKL ran
-    torch.backends.mkldnn.enabled = not portable
-    torch.backends.nnpack.set_flags(not portable)
-    return kernels_signature()
+def kernels_env(kernels: str = '') -> dict:
+    "The environment a process zls starts needs to run the wanted kernels from its first computation."
+    k = wanted_kernels(kernels)
+    return dict(ZLS_KERNELS=k, **(PORTABLE_ENV if k == 'portable' else {}))
 
+
+# %% ../nbs/00_core.ipynb #c00a2a70
 def kernels_signature() -> str:
     "Which kernels this process runs: the portable set, or torch's capability with oneDNN / MKL as they are."
     lib = _mkl()
@@ -96,18 +95,38 @@ def kernels_signature() -> str:
         return f'portable (AVX2, {mkl})'
     return f"native ({cap}, {mkl}, oneDNN {'on' if dnn else 'off'})"
 
-with contextlib.suppress(ValueError): pin_kernels()  # on import, before torch computes; a bad ZLS_KERNELS: later
+class KernelsUnavailable(RuntimeError):
+    "The CPU kernels asked for cannot run in this process (or on this CPU)."
 
-def pin_threads(n: int) -> int:
-    "Set torch's intra-op thread count to `n` (a run's `threads`) and check the kernels; return the thread count."
-    if n < 1: raise ValueError(f'threads={n} is invalid: expected an int >= 1')
-    sig = pin_kernels()
-    if wanted_kernels() == 'portable' and not sig.startswith('portable'):
-        raise RuntimeError(f'zls needs its portable CPU kernels, but this process runs {sig}: torch computed before '
-                           'zls was imported (or the CPU lacks AVX2, or MKL refused). Import zls before anything '
-                           'runs in torch, or set ZLS_KERNELS=native (its numbers hold on this CPU kind only)')
-    torch.set_num_threads(n)
+def pin_kernels(kernels: str = '') -> str:
+    "Run the wanted kernels in this process (native: torch as it is); return their signature."
+    if wanted_kernels(kernels) == 'native': return kernels_signature()
+    for k, v in PORTABLE_ENV.items(): os.environ.setdefault(k, v)  # in time only where torch has not computed yet
+    if (lib := _mkl()) is not None: lib.mkl_serv_cbwr_set(ctypes.c_int(MKL_CBWR_AVX2))  # fails once MKL ran
+    torch.backends.mkldnn.enabled = False
+    torch.backends.nnpack.set_flags(False)
+    if not (sig := kernels_signature()).startswith('portable'):
+        raise KernelsUnavailable(f'portable CPU kernels were asked for, but this process runs {sig}: torch computed here '
+                           'before they could be chosen, or the CPU has no AVX2, or MKL refused its AVX2 branch (it '
+                           'does on non-Intel CPUs). Run it through zls run, which starts its own processes, or leave '
+                           'kernels native')
+    return sig
+
+
+# %% ../nbs/00_core.ipynb #3ebcf757
+def default_threads() -> int:
+    "The threads torch would use here: `$OMP_NUM_THREADS` where set, else the cores this process may run on."
+    with contextlib.suppress(ValueError):
+        if (n := int(os.environ.get('OMP_NUM_THREADS', '0'))) >= 1: return n
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+def pin_threads(n: int = 0, kernels: str = '') -> int:
+    "Run the wanted kernels and `n` torch threads (0: `default_threads()`) in this process; return the threads."
+    if n < 0: raise ValueError(f'threads={n} is invalid: expected an int >= 0 (0: the cores torch would use)')
+    pin_kernels(kernels)
+    torch.set_num_threads(n or default_threads())
     return torch.get_num_threads()
+
 
 # %% ../nbs/00_core.ipynb #7a51c0e2
 def git_commit(root: str | Path | None = None) -> tuple[str, bool]:
@@ -125,14 +144,14 @@ def device_name(device: torch.device) -> str:
     if device.type == 'cuda': return f'cuda ({torch.cuda.get_device_name(device)})'
     return device.type
 
-def provenance(device, threads: int) -> dict:
+def provenance(device, threads: int, kernels: str = '') -> dict:
     "What a run's numbers depend on besides its parameters: code, Python, torch(vision), device, threads, kernels, CPU."
     import torchvision
     import zls
     commit, dirty = git_commit()
     return dict(zls=zls.__version__, commit=commit, dirty=dirty, python=platform.python_version(),
                 torch=torch.__version__, torchvision=torchvision.__version__, device=device_name(get_device(device)),
-                threads=threads, platform=f'{platform.system()} {platform.machine()}', kernels=kernels_signature(),
+                threads=threads, platform=f'{platform.system()} {platform.machine()}', kernels=wanted_kernels(kernels),
                 cpu=cpu_signature())
 
 CPU_FLAGS = ('fma', 'avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx512_fp16', 'avx_vnni', 'amx_tile', 'amx_bf16')

@@ -37,7 +37,7 @@ def build_datasets(data: DataConfig):
     if data.dataset == 'shapes':
         folder = make_shapes(data.data_root or None, n_train=data.n_train, n_val=data.n_val, size=data.size,
                              seed=data.data_seed)
-        return SegFolder(folder, 'train', valid_ids=ids), SegFolder(folder, 'val', valid_ids=ids)
+        return SegFolder(folder, 'train', valid_ids=ids, cache=True), SegFolder(folder, 'val', valid_ids=ids, cache=True)
     kw = dataset_roots(data.dataset, data.data_root or None)
     if data.dataset == 'voc':
         from zls.voc import VOCSegmentation  # real datasets' modules load on demand

@@ -33,8 +33,10 @@ _IMAGE_SUFFIXES = ('.jpg', '.png', '.jpeg')
 class SegFolder(Dataset):
     "A VOC-like folder: items `dict(image=uint8 (3,H,W), label=uint8 (H,W) dataset ids, name=id)`; ids checked."
     def __init__(self, root: str | Path, image_set: str = 'train', *, image_dir: str = 'JPEGImages',
-                 mask_dir: str = 'SegmentationClass', list_dir: str = 'ImageSets/Segmentation', valid_ids=None):
+                 mask_dir: str = 'SegmentationClass', list_dir: str = 'ImageSets/Segmentation', valid_ids=None,
+                 cache: bool = False):
         self.root, self.image_set = Path(root), image_set
+        self.cache = {} if cache else None  # decoded items, for sets small enough to hold (shapes: 8 MB per 1,000)
         self.valid_ids = None if valid_ids is None else frozenset(valid_ids) | {IGNORE_INDEX}
         self.image_dir, self.mask_dir = self.root / image_dir, self.root / mask_dir
         hint = (' The shapes benchmark is created by zls.shapes.make_shapes(), which returns this folder.'
@@ -69,6 +71,13 @@ class SegFolder(Dataset):
         return p
 
     def __getitem__(self, i: int) -> dict:
+        if self.cache is None: return self.read(i)
+        if i not in self.cache: self.cache[i] = self.read(i)
+        it = self.cache[i]
+        return dict(image=it['image'].clone(), label=it['label'].clone(), name=it['name'])  # callers may write
+
+    def read(self, i: int) -> dict:
+        "Item `i` decoded from its files."
         name = self.names[i]
         ip, mp = self.image_path(name), self.mask_path(name)
         image, label = load_image(ip), check_ids(load_mask(mp), self.valid_ids, mp)

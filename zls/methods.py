@@ -7,7 +7,7 @@ from __future__ import annotations
 from types import ModuleType
 import pandas as pd
 from . import fs4, pretrain, pseudoseg, strict, supervised
-from .config import COMMON, RunConfig
+from .config import COMMON, RunConfig, did_you_mean
 from .labeler import parse_views
 
 # %% auto #0
@@ -41,7 +41,8 @@ def run_config(params: dict | RunConfig, *, legacy: bool = False) -> RunConfig:
     for k in [k for k in flat if k not in known]:
         elsewhere = owners(k)
         if not elsewhere:
-            raise ValueError(f'unknown parameter {k!r}; valid for method={name}: {", ".join(sorted(known))}')
+            raise ValueError(f'unknown parameter {k!r}{did_you_mean([k], known)}; valid for method={name}: '
+                             f'{", ".join(sorted(known))}')
         if legacy: del flat[k]
         else: raise ValueError(f"parameter {k} belongs to method {' / '.join(elsewhere)}, not method={name}: "
                                f'set method={elsewhere[0]}, or leave {k} out')

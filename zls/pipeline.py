@@ -4,13 +4,14 @@
 
 # %% ../nbs/20_pipeline.ipynb #0b2be82b
 from __future__ import annotations
-import argparse, fcntl, json, os, subprocess, sys, time
+import argparse, contextlib, fcntl, json, logging, os, signal, subprocess, sys, threading, time
 from contextlib import contextmanager
 from pathlib import Path
 import pandas as pd
+import torch
 import zls
-from .config import RunConfig
-from .core import atomic_write, outputs_root, provenance, wanted_kernels
+from .config import RunConfig, TrainConfig, need
+from .core import atomic_write, default_threads, kernels_env, outputs_root, provenance, wanted_kernels
 from .data import build_datasets
 from .distributed import barrier, cleanup, init_distributed, is_main
 from .methods import METHODS, rounds_of, run_config
@@ -19,9 +20,10 @@ from .train import Round, make_round, round_dir
 
 # %% auto #0
 __all__ = ['RUN_VERSION', 'NUMERIC_PROVENANCE', 'RECORDED_PROVENANCE', 'PIPELINES', 'KERNEL_QUIET', 'PATH_PARAMS',
-           'prepare_round', 'label_round', 'train_round', 'evaluate_round', 'load_config', 'check_provenance',
-           'record_config', 'config_table', 'RoundFailed', 'run_lock', 'execute', 'absolute_paths', 'distributed_round',
-           'main', 'run_processes', 'run_rounds']
+           'prepare_round', 'label_round', 'train_round', 'evaluate_round', 'load_config', 'run_threads',
+           'check_provenance', 'record_config', 'config_table', 'RoundFailed', 'RunInterrupted', 'run_lock', 'execute',
+           'absolute_paths', 'descendants', 'end_processes', 'stop_on_ctrl_c', 'distributed_round', 'main',
+           'run_processes', 'run_rounds']
 
 # %% ../nbs/20_pipeline.ipynb #7c790060
 def prepare_round(cfg: RunConfig | dict, *, run_dir, k: int, generator_ckpt=None) -> Round:
@@ -53,34 +55,39 @@ def load_config(run_dir) -> RunConfig:
     rec = json.loads(path.read_text())
     return run_config(rec['params'], legacy=rec.get('version') is None)
 
-# provenance entries whose change can change a run's numbers (resuming under another value is refused), and
-# those recorded only (a resume under another value is reported)
-NUMERIC_PROVENANCE, RECORDED_PROVENANCE = ('torch', 'torchvision', 'device', 'threads', 'platform', 'kernels'), \
-    ('zls', 'commit', 'dirty', 'python')
+# provenance entries whose change moves a run's numbers (in the last bits; a resume under another value goes on,
+# saying so), and those that only record the code (a resume under another value is reported the same way)
+NUMERIC_PROVENANCE = ('torch', 'torchvision', 'device', 'threads', 'platform', 'kernels', 'cpu')
+RECORDED_PROVENANCE = ('zls', 'commit', 'dirty', 'python')
 
-def check_provenance(run_dir: Path, old: dict, new: dict) -> list[str]:
-    "Refuse resuming where a numeric provenance entry differs; return notes on the recorded ones that do."
-    diff = lambda keys: [f'{k} {old[k]!r} -> {new.get(k)!r}' for k in keys if k in old and old[k] != new.get(k)]
-    native = not str(old.get('kernels', 'native')).startswith('portable')  # native kernels: the CPU kind counts
-    bad = diff(NUMERIC_PROVENANCE + (('cpu',) if native else ()))
-    if bad: raise ValueError(f"{run_dir} was started under another setup ({'; '.join(bad)}), which changes results; "
-                             'resume it there, or choose another run name')
-    return diff(RECORDED_PROVENANCE + (() if native else ('cpu',)))
+def run_threads(tc: TrainConfig) -> int:
+    "A run's torch threads per process: `threads`, or for 0 the cores torch would use, shared among `nproc`."
+    return tc.threads or max(1, default_threads() // tc.nproc)
+
+def check_provenance(old: dict, new: dict) -> list[str]:
+    "What differs between the provenance a run was started (or last resumed) under and today's, as notes."
+    return [f'{k} {old[k]!r} -> {new.get(k)!r}' for k in NUMERIC_PROVENANCE + RECORDED_PROVENANCE
+            if k in old and old[k] != new.get(k)]
 
 def record_config(run_dir: Path, cfg: RunConfig, rounds: int) -> dict:
-    "Write `run.json` (configuration, rounds, provenance), refusing a run folder made with other values or setup."
+    "Write `run.json` (configuration, rounds, provenance), refusing a run folder made with other values."
     path = run_dir / 'run.json'
-    prov = provenance(cfg.train.device or None, cfg.train.threads)
+    prov, moves = provenance(cfg.train.device or None, run_threads(cfg.train), cfg.train.kernels), []
     if path.exists():
         old, new = load_config(run_dir).identity(), cfg.identity()
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff: raise ValueError(f'{run_dir} was made with other values of {diff}; choose another run name, '
                                   'or delete that folder to start it over')
         rec = json.loads(path.read_text())
-        notes = check_provenance(run_dir, rec.get('provenance', {}), prov)
-        if notes: print(f"note: resuming {run_dir.name} under {'; '.join(notes)}")
+        moves = rec.get('moves', [])
+        if notes := check_provenance(rec.get('provenance', {}), prov):
+            moves = [*moves, '; '.join(notes)]
+            exact = not set(n.split()[0] for n in notes) & set(NUMERIC_PROVENANCE)
+            print(f"note: resuming {run_dir.name} under {moves[-1]}" +
+                  ('' if exact else ' (its numbers may move within the seeds\' spread: exact resume needs the '
+                   'setup it started under)'), flush=True)
         rounds = max(rounds, rec.get('rounds', 0))  # asking for fewer rounds never forgets finished ones
-    rec = dict(params=cfg.flat(), rounds=rounds, version=RUN_VERSION, provenance=prov)
+    rec = dict(params=cfg.flat(), rounds=rounds, version=RUN_VERSION, provenance=prov, moves=moves)
     atomic_write(path, lambda f: Path(f).write_text(json.dumps(rec, indent=1)))
     return rec
 
@@ -98,6 +105,9 @@ KERNEL_QUIET = ['--IPKernelApp.log_level=CRITICAL']
 
 class RoundFailed(RuntimeError):
     "A papermill notebook of the run failed; its executed copy is kept."
+
+class RunInterrupted(RuntimeError):
+    "A run stopped by Ctrl-C: the processes it started have ended, its last checkpoint is kept."
 
 @contextmanager
 def run_lock(run_dir: Path):
@@ -127,6 +137,60 @@ def absolute_paths(p: dict) -> dict:
     "Path parameters made absolute against the working directory, since rounds run inside the run folder."
     return {k: str(Path(v).resolve()) if k in PATH_PARAMS and v else v for k, v in p.items()}
 
+# %% ../nbs/20_pipeline.ipynb #7124e742
+def descendants(pid: int | None = None) -> list[int]:
+    "Every process started, directly or not, by process `pid` (default: this one)."
+    pid, kids = pid or os.getpid(), {}
+    out = subprocess.run(['ps', '-A', '-o', 'pid=', '-o', 'ppid='], capture_output=True, text=True).stdout
+    for p, pp in (map(int, line.split()) for line in out.splitlines() if line.strip()): kids.setdefault(pp, []).append(p)
+    found, todo = [], [pid]
+    while todo:
+        found += (new := kids.get(todo.pop(), []))
+        todo += new
+    return found
+
+def end_processes(pids: list[int], grace: float = 3.0):
+    "SIGTERM `pids`, then SIGKILL those still running after `grace` seconds."
+    def send(sig, ps):
+        for p in ps:
+            with contextlib.suppress(ProcessLookupError, PermissionError): os.kill(p, sig)
+    def alive(p):  # an ended child stays a zombie (state Z) until it is reaped: that counts as ended
+        try: return Path(f'/proc/{p}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+        except OSError: return False  # gone (or no /proc, as on macOS: SIGTERM alone then)
+    send(signal.SIGTERM, pids)
+    t0 = time.time()
+    while (left := [p for p in pids if alive(p)]) and time.time() - t0 < grace: time.sleep(0.05)
+    send(signal.SIGKILL, left)
+
+
+# %% ../nbs/20_pipeline.ipynb #c01a091d
+@contextmanager
+def stop_on_ctrl_c():
+    "While it is open, the first Ctrl-C (SIGINT) ends every process this one started and sets `['hit']`."
+    state = dict(hit=False)
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield state
+        return
+    log = logging.getLogger('papermill')  # it would also report the kernel's death, which is ours
+    def handler(signum, frame):
+        state['hit'], log.disabled = True, True
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C is Python's own KeyboardInterrupt
+        end_processes(descendants())
+    previous, quiet = signal.signal(signal.SIGINT, handler), log.disabled
+    try: yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        log.disabled = quiet
+
+def _stopped(run_dir: Path, k: int | None) -> str:
+    "The one line that says where an interrupted run stopped and how to go on."
+    if k is None: return f'interrupted while drawing the report of {run_dir}; run the same command again to draw it'
+    ckpt = round_dir(run_dir, k) / 'train.pt'
+    step = torch.load(ckpt, map_location='cpu', weights_only=True, mmap=True)['step'] if ckpt.is_file() else 0
+    kept = f'its checkpoint at step {step} is kept' if step else 'no checkpoint was written yet'
+    return f'interrupted in round {k} of {run_dir} ({kept}); run the same command again to resume'
+
+
 # %% ../nbs/20_pipeline.ipynb #09259d73
 def distributed_round(run_dir, k: int, *, generator_ckpt=None) -> dict | None:
     "Label, train and evaluate round `k` of `run_dir` in every process of the group; rank 0 returns the metrics."
@@ -155,10 +219,10 @@ def main(argv=None) -> int:
     finally: cleanup()
     return 0
 
-def run_processes(run_dir: Path, k: int, nproc: int, threads: int = 1):
+def run_processes(run_dir: Path, k: int, nproc: int, threads: int = 1, kernels: str = ''):
     "Run round `k` of a run in `nproc` processes of `threads` threads each under torchrun, logging to round_<k>.log."
     log = run_dir / f'round_{k}.log'
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))  # each worker also pins it (make_round)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **kernels_env(kernels))  # each worker pins them (make_round)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
            '-m', 'zls.pipeline', '--run-dir', str(run_dir), '--round', str(k)]
     with open(log, 'w') as f:
@@ -177,25 +241,34 @@ def _summary(m: dict) -> str:
 def run_rounds(name: str = 'shapes-default', *, rounds: int | None = None, out_root=None, report: bool = True,
                **params) -> pd.DataFrame:
     "Run rounds 0..`rounds` of the run's method through papermill into `outputs/<name>/`, then its report; resumable."
+    need('name', name, name not in ('', '.', '..') and not set(name) & set('/\\\0'),
+         "one plain folder name (no '/' or '..'), e.g. shapes-seed1")  # a run stays inside the outputs root
     cfg = run_config(absolute_paths(params))  # every value checked before anything is written
-    wanted_kernels()  # and the environment's choice of CPU kernels
+    wanted_kernels(cfg.train.kernels)  # and the environment's choice of CPU kernels
     rounds = rounds_of(cfg.method, rounds)
     run_dir = (outputs_root(out_root) / name).resolve()  # rounds run inside the run folder: no relative paths
     init = cfg.model.init_from
     if init and not Path(init).is_file() and not (round_dir(run_dir, 0) / 'metrics.json').exists():
         raise FileNotFoundError(f'init_from={init!r}: no such checkpoint; run the pretraining first, or fix the path')
-    with run_lock(run_dir):
+    with run_lock(run_dir), stop_on_ctrl_c() as stop:
         record_config(run_dir, cfg, rounds)
-        for k in range(rounds + 1):
-            if (round_dir(run_dir, k) / 'metrics.json').exists():
+        for k in [*range(rounds + 1), *([None] if report else [])]:  # None: the report
+            if k is not None and (round_dir(run_dir, k) / 'metrics.json').exists():
                 print(f'round {k}: done already, skipped')
                 continue
             t0 = time.time()
-            if cfg.train.nproc > 1: run_processes(run_dir, k, cfg.train.nproc, cfg.train.threads)
-            else: execute(PIPELINES / 'round.ipynb', run_dir / f'round_{k}.ipynb',
-                          dict(run_dir=str(run_dir), round_index=k), cwd=run_dir)
-            m = json.loads((round_dir(run_dir, k) / 'metrics.json').read_text())['plain']
-            print(f'round {k}: {_summary(m)}  ({time.time() - t0:.0f} s)', flush=True)
-        if report:
-            execute(PIPELINES / 'report.ipynb', run_dir / 'report.ipynb', dict(run_dir=str(run_dir)), cwd=run_dir)
+            try:
+                if k is None: execute(PIPELINES / 'report.ipynb', run_dir / 'report.ipynb', dict(run_dir=str(run_dir)),
+                                      cwd=run_dir)
+                elif cfg.train.nproc > 1:
+                    run_processes(run_dir, k, cfg.train.nproc, run_threads(cfg.train), cfg.train.kernels)
+                else: execute(PIPELINES / 'round.ipynb', run_dir / f'round_{k}.ipynb',
+                              dict(run_dir=str(run_dir), round_index=k), cwd=run_dir)
+            except Exception:
+                if stop['hit']: raise RunInterrupted(_stopped(run_dir, k)) from None
+                raise
+            if stop['hit']: raise RunInterrupted(_stopped(run_dir, k))
+            if k is not None:
+                m = json.loads((round_dir(run_dir, k) / 'metrics.json').read_text())['plain']
+                print(f'round {k}: {_summary(m)}  ({time.time() - t0:.0f} s)', flush=True)
     return rounds_table(run_dir)

@@ -20,9 +20,9 @@ from .splits import Split
 from .train import model_from_checkpoint
 
 # %% auto #0
-__all__ = ['SUMMARY_COLUMNS', 'RUN_COLUMNS', 'load_rounds', 'rounds_table', 'markdown_table', 'run_summary', 'run_rows',
-           'summarize_rows', 'summarize_runs', 'mean_std_table', 'plot_rounds', 'plot_pseudo_quality', 'plot_curves',
-           'to_label_ids', 'example_grid', 'save_report']
+__all__ = ['SUMMARY_COLUMNS', 'RUN_COLUMNS', 'load_rounds', 'rounds_table', 'markdown_table', 'run_summary', 'run_setup',
+           'run_rows', 'summarize_rows', 'summarize_runs', 'mean_std_table', 'plot_rounds', 'plot_pseudo_quality',
+           'plot_curves', 'to_label_ids', 'example_grid', 'save_report']
 
 # %% ../nbs/14_report.ipynb #f4646cc5
 def load_rounds(run_dir) -> list[dict]:
@@ -79,9 +79,16 @@ def run_summary(table: pd.DataFrame, *, minutes: bool = True) -> pd.DataFrame:
     cols = [c for c in RUN_COLUMNS if c in table and table[c].notna().any() and (minutes or c != 'minutes')]
     return table[cols]
 
+def run_setup(run_dir) -> dict:
+    "The threads and CPU kernels (native / portable) a run was made under, from its `run.json`."
+    path = Path(run_dir) / 'run.json'
+    prov = json.loads(path.read_text()).get('provenance', {}) if path.is_file() else {}
+    return dict(threads=prov.get('threads'), kernels=str(prov.get('kernels', '')).split(' ')[0] or None)
+
 def run_rows(run_dirs) -> pd.DataFrame:
-    "Every round of several runs, one row each (`run` is the folder's name): what a results CSV keeps."
-    return pd.concat({Path(d).name: rounds_table(d) for d in run_dirs}, names=['run']).reset_index()
+    "Every round of several runs, one row each (`run` is the folder's name), with its setup: what a results CSV keeps."
+    rows = {Path(d).name: rounds_table(d).assign(**run_setup(d)) for d in run_dirs}
+    return pd.concat(rows, names=['run']).reset_index()
 
 def summarize_rows(rows: pd.DataFrame, *, columns=SUMMARY_COLUMNS) -> pd.DataFrame:
     "Mean and standard deviation per round over the runs of `run_rows` (or a CSV of them)."

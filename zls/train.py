@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 from .config import RunConfig, TrainConfig
-from .core import IGNORE_INDEX, DataError, atomic_write, get_device, pin_threads, seed_everything
+from .core import IGNORE_INDEX, DataError, atomic_write, get_device, kernels_signature, pin_threads, seed_everything
 from .data import build_datasets, split_of
 from .datasets import normalize, size_batches
 from .distributed import all_mean, barrier, is_main, rank, shard, world_size
@@ -382,7 +382,7 @@ def init_weights(model: nn.Module, ckpt) -> list[str]:
 
 def make_round(cfg: RunConfig, *, run_dir, k: int, class_matrix, generator_ckpt=None) -> Round:
     "Pin threads, seed, then build round `k`: datasets, split, `class_matrix(cfg, split)`, student, generator (k > 0)."
-    pin_threads(cfg.train.threads)  # every process of a round: the papermill kernel and each torchrun worker
+    pin_threads(cfg.train.threads, cfg.train.kernels)  # every process of a round: papermill kernel, torchrun worker
     seed_everything(cfg.train.seed + k)
     train_set, val_set = build_datasets(cfg.data)
     split = split_of(cfg.data)
@@ -416,7 +416,8 @@ def evaluate_round(r: Round, *, extra=None) -> dict:
     views = parse_views(ev.eval_views) if ev.eval_views else None
     cms = evaluate(model_from_checkpoint(ck), r.val_set, r.split, gammas=(0.0, ev.gamma), views=views,
                    batch_size=ev.eval_batch, device=r.device)
-    res = dict(round=r.k, params=r.cfg.flat(), times=r.times)
+    res = dict(round=r.k, params=r.cfg.flat(), times=r.times,
+               setup=dict(threads=torch.get_num_threads(), kernels=kernels_signature()))  # what it ran under
     for g, name in ((0.0, 'plain'), (ev.gamma, 'calibrated'), ('views', 'views')):
         if g not in cms: continue
         res[name] = summarize(cms[g], r.split)
