@@ -31,7 +31,7 @@ from .report import markdown_table, mean_std_table, rounds_table, run_summary, s
 __all__ = ['ZERO', 'UNSUP', 'SSL_START', 'UNSUP_TARGETS', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'SHAPES_PS',
            'SHAPES_PS_DEC', 'ENTRIES', 'METRICS', 'README_TABLES', 'GPU_NEEDS', 'Entry', 'semi', 'pick',
            'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0', 'run_name', 'run_benchmark',
-           'reported_round', 'benchmark_rows', 'unsupervised_rows', 'benchmark_table', 'plot_benchmark',
+           'reported_round', 'benchmark_rows', 'kernels_of', 'unsupervised_rows', 'benchmark_table', 'plot_benchmark',
            'strict_seeds_table', 'strict_seed0_table', 'family_table', 'semi_table', 'multiscale_table',
            'label_views_table', 'speed_table', 'unsupervised_table', 'ssl_start_table', 'update_readme', 'SyntheticSet',
            'speed', 'gpu_check']
@@ -204,19 +204,24 @@ def benchmark_rows(root, seeds, *, entries=ENTRIES) -> pd.DataFrame:
             score = m['views'][e.view] if e.view else r  # clusters: scored on the view their K was made for
             rows.append(dict(setting=e.setting, method=e.label, key=e.key, seed=seed, round=k, seen=r['seen'],
                              unseen=r['unseen'], hIoU=r['hIoU'], mIoU=score['mIoU'], pixel_acc=score['pixel_acc'],
-                             pseudo_mIoU=pseudo.get('pseudo_mIoU', np.nan), minutes=minutes))
+                             pseudo_mIoU=pseudo.get('pseudo_mIoU', np.nan), minutes=minutes, kernels=kernels_of(m)))
     return pd.DataFrame(rows)
+
+def kernels_of(metrics: dict) -> str:
+    "The CPU kernels (native / portable) a round ran under; rounds from before zls recorded it ran the portable set."
+    return (metrics.get('setup') or {}).get('kernels', 'portable').split(' ')[0]
 
 def unsupervised_rows(root, seeds, *, entries=ENTRIES) -> pd.DataFrame:
     "Long rows (partition, view, K, seed, mIoU, pixel_acc, fg_IoU, minutes) of the unsupervised entries and references."
     rows = []
     row = lambda part, view, K, seed, sc, minutes=np.nan: dict(
         partition=part, view=view, K=K, seed=seed, mIoU=sc['mIoU'], pixel_acc=sc['pixel_acc'],
-        fg_IoU=sc['iou'].get('object', np.nan) if view == 'objects' else np.nan, minutes=minutes)
+        fg_IoU=sc['iou'].get('object', np.nan) if view == 'objects' else np.nan, minutes=minutes, kernels=kernels)
     for seed in seeds:
         refs = None
         for e in (e for e in entries if e.setting == UNSUP):
             _, _, m, minutes = reported_round(root, e, seed, entries)
+            kernels = kernels_of(m)
             if e.view: rows.append(row(e.label, e.view, UNSUP_TARGETS[e.view], seed, m['views'][e.view], minutes))
             else:  # a pretraining run: k-means with each view's K, and the over-clustering diagnostic
                 for v, sc in m['views'].items():
