@@ -1,4 +1,4 @@
-"""Tiny STRICT, supervised and FS^4 runs give the numbers recorded in `tests/data/tiny_runs.json`.
+"""Tiny STRICT, supervised and FS^4 runs give the numbers recorded in `tests/data/tiny_runs*.json`.
 
 The reference first held the metrics of the code of commit f5cec9a (before the methods became plug-ins), and
 today's code matched them on the machine where they were made. Numbers depend on the CPU kernels torch runs, so
@@ -6,7 +6,11 @@ the file records the `zls.core.kernels_signature` it was made under. zls's porta
 option; torch's own kernels are the default) give the same numbers on every Intel CPU with AVX2, so each comparison
 runs in a fresh process that asks for them, wherever they can be had, which also tests that claim on each machine CI
 lands on; elsewhere (a CPU without AVX2, or a non-Intel one, whose MKL refuses its AVX2 branch) it is skipped, saying
-why. Recorded under portable kernels with `python tests/test_redesign.py`.
+why. Recorded under portable kernels with `python tests/test_redesign.py portable`.
+
+torch's own kernels (the default) give the same numbers on the same CPU kind only: `tiny_runs_native.json` records
+them with the CPU's signature (`zls.core.cpu_signature`) and the kernels', and is compared where both match
+(recorded with `python tests/test_redesign.py native`).
 Any change of a number under the same signature means a change altered what a method computes.
 """
 import contextlib, io, json, os, subprocess, sys
@@ -17,8 +21,10 @@ from zls.core import cpu_signature, kernels_signature, pin_kernels
 
 pytestmark = pytest.mark.slow  # trains tiny runs
 
-REF_FILE = Path(__file__).parent / 'data' / 'tiny_runs.json'
-REF = json.loads(REF_FILE.read_text()) if REF_FILE.is_file() else dict(kernels=None, runs={})
+REF_FILES = {k: Path(__file__).parent / 'data' / f'tiny_runs{"" if k == "portable" else "_" + k}.json'
+             for k in ('portable', 'native')}
+REFS = {k: json.loads(f.read_text()) if f.is_file() else dict(kernels=None, cpu=None, runs={})
+        for k, f in REF_FILES.items()}
 TINY = dict(n_train=48, n_val=24, iters0=40, iters=20, batch_size=8, eval_batch=24, log_every=20, ckpt_every=20)
 # name: (reference run, rounds compared, parameters today)
 RUNS = {'strict': ('strict', 2, {}),
@@ -56,40 +62,44 @@ def tiny_metrics(name, data_root, run_dir) -> dict:
     return out
 
 
-def portable_metrics(name, data_root, run_dir) -> dict:
-    "`tiny_metrics` in a fresh process under portable kernels: {'kernels': signature, 'runs': ...} or {'skip': why}."
-    res = subprocess.run([sys.executable, __file__, '--compare', name, data_root, str(run_dir)], capture_output=True,
-                         text=True, env=dict(os.environ, ZLS_KERNELS='portable'))
+def metrics_under(kernels, name, data_root, run_dir) -> dict:
+    "`tiny_metrics` in a fresh process under `kernels`: {'kernels': ..., 'cpu': ..., 'runs': ...} or {'skip': why}."
+    env = {k: v for k, v in os.environ.items() if k != 'ZLS_KERNELS'}
+    res = subprocess.run([sys.executable, __file__, '--compare', kernels, name, data_root, str(run_dir)],
+                         capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.splitlines()[-1])
 
 
+@pytest.mark.parametrize('kernels', list(REFS))
 @pytest.mark.parametrize('name', list(RUNS))
-def test_same_numbers_as_recorded(name, data_root, tmp_path):
-    got = portable_metrics(name, data_root, tmp_path / name)
+def test_same_numbers_as_recorded(name, kernels, data_root, tmp_path):
+    got, ref = metrics_under(kernels, name, data_root, tmp_path / name), REFS[kernels]
     if 'skip' in got: pytest.skip(got['skip'])
-    if got['kernels'] != REF.get('kernels'):
-        pytest.skip(f"reference recorded under kernels {REF.get('kernels')!r}, this CPU runs {got['kernels']!r}: "
-                    'results differ across kernels, so they are compared only under the recording ones')
+    where = ('kernels',) if kernels == 'portable' else ('kernels', 'cpu')  # native: the CPU kind counts too
+    if any(got[k] != ref.get(k) for k in where):
+        pytest.skip(f'reference recorded under {[ref.get(k) for k in where]}, this process runs '
+                    f'{[got[k] for k in where]}: results differ across these, so they are compared only under the '
+                    'recording ones')
     for key, run in got['runs'].items():
-        assert same(run, REF['runs'][key]), f'{name} {key}: {run} differs from {REF["runs"][key]}'
+        assert same(run, ref['runs'][key]), f'{name} {key}: {run} differs from {ref["runs"][key]}'
 
 
-def _in_portable_process(argv) -> dict:
-    "This file run as `--compare NAME DATA_ROOT RUN_DIR`: pin portable kernels first, then the tiny run."
-    try: sig = pin_kernels('portable')
+def _in_fresh_process(kernels, name, data_root, run_dir) -> dict:
+    "This file run as `--compare KERNELS NAME DATA_ROOT RUN_DIR`: pin the kernels first, then the tiny run."
+    try: sig = pin_kernels(kernels)
     except RuntimeError as e: return dict(skip=str(e))
-    name, data_root, run_dir = argv
-    return dict(kernels=sig, runs=tiny_metrics(name, data_root, Path(run_dir)))
+    return dict(kernels=sig, cpu=cpu_signature(), runs=tiny_metrics(name, data_root, Path(run_dir)))
 
 
 if __name__ == '__main__' and sys.argv[1:2] == ['--compare']:
-    print(json.dumps(_in_portable_process(sys.argv[2:]), sort_keys=True))
-elif __name__ == '__main__':  # re-record the reference on this machine, under portable kernels
+    print(json.dumps(_in_fresh_process(*sys.argv[2:]), sort_keys=True))
+elif __name__ == '__main__':  # re-record a reference on this machine: python tests/test_redesign.py portable|native
     import tempfile
-    pin_kernels('portable')
+    kernels = sys.argv[1]
+    pin_kernels(kernels)
     tmp = Path(tempfile.mkdtemp())
     runs = {k: v for name in RUNS for k, v in tiny_metrics(name, str(tmp / 'data'), tmp / name).items()}
-    REF_FILE.write_text(json.dumps(dict(kernels=kernels_signature(), cpu=cpu_signature(), runs=runs), indent=1,
-                                   sort_keys=True) + '\n')
-    print(f'{REF_FILE}: {len(runs)} rounds recorded under {kernels_signature()!r} on {cpu_signature()!r}')
+    REF_FILES[kernels].write_text(json.dumps(dict(kernels=kernels_signature(), cpu=cpu_signature(), runs=runs),
+                                             indent=1, sort_keys=True) + '\n')
+    print(f'{REF_FILES[kernels]}: {len(runs)} rounds recorded under {kernels_signature()!r} on {cpu_signature()!r}')
