@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.zls-installed
 RUN ?= shapes-default
 
-.PHONY: setup browser run benchmark lab docs test test-fast results speed gpu-check check-sync lint nbtest pytest clean-venv
+.PHONY: setup browser run benchmark lab docs test test-fast results speed voc-rehearsal gpu-check check-sync lint nbtest pytest clean-venv
 
 $(STAMP): constraints.txt settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -91,6 +91,13 @@ speed: setup
 	  --out results/speed_cpu.csv --append
 	-ZLS_KERNELS=portable $(BIN)/zls speed --backbone small --crop 64 --batch 16 --steps 20 --device cpu \
 	  --out results/speed_cpu.csv --append
+
+# the shipped voc-strict configuration (DeepLab-v2 ResNet-101, crop 321, 6-view labeling, full-resolution
+# evaluation) for a few steps per round on a generated tree of VOC-sized JPEGs: peak memory, seconds per stage and
+# one loader worker's images/s -> results/voc_rehearsal.csv (about 15 minutes on 2 cores; VOC_TREE: train, val, sbd)
+VOC_TREE ?= 4 2 4
+voc-rehearsal: setup
+	$(BIN)/python -m zls.rehearsal results/voc_rehearsal.csv $(VOC_TREE)
 
 # the GPU path, on a GPU machine whose Python already has torch and torchvision (no registry needed): zls goes in
 # without dependencies over that torch, then DeepLabv3 ResNet-101 speed (crop 321, batch 8, bfloat16) and a tiny

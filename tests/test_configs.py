@@ -31,7 +31,7 @@ def test_config_runs_on_miniature_tree(tmp_path, config, make):
     run = tmp_path / 'out' / config
     p = json.loads((run / 'run.json').read_text())['params']
     # from the config
-    assert p['backbone'] == 'deeplabv3_resnet101' and p['optimizer'] == 'sgd' and p['freeze_bn'] is True
+    assert p['backbone'] == 'deeplabv2_resnet101' and p['optimizer'] == 'sgd' and p['freeze_bn'] is True
     for k in (0, 1):
         m = json.loads((run / f'round_{k}' / 'metrics.json').read_text())
         assert set(m['plain']) >= {'mIoU_seen', 'mIoU_unseen', 'hIoU'}

@@ -346,3 +346,18 @@ def test_gpu_check_says_there_is_no_gpu():
                          capture_output=True, text=True)
     assert res.returncode != 0
     assert 'gpu-check: no CUDA GPU visible to this Python' in res.stderr
+
+
+def test_a_leak_of_unseen_labels_into_training_stops_the_round(tmp_path, data, monkeypatch):
+    "A label mapping that lets unseen classes into the training targets is caught before anything trains."
+    from zls.core import DataError
+    from zls.pipeline import prepare_round
+    from zls.splits import Split
+    honest = Split.lut
+    monkeypatch.setattr(Split, 'lut', lambda self, hide_unseen=True: honest(self, hide_unseen=False))  # the leak
+    with pytest.raises(DataError, match=r'^leak: \d+ training target pixels carry an unseen class'):
+        prepare_round(dict(TINY, data_root=str(data)), run_dir=tmp_path / 'leaky', k=0)
+    assert not (tmp_path / 'leaky' / 'round_0').exists(), 'nothing is written for a leaking round'
+    monkeypatch.setattr(Split, 'lut', honest)
+    audit = prepare_round(dict(TINY, data_root=str(data)), run_dir=tmp_path / 'honest', k=0).audit
+    assert audit['unseen_target_pixels'] == 0 and 0 < audit['images_with_unseen'] <= TINY['n_train']

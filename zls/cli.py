@@ -211,9 +211,13 @@ def _cmd_labels(args):
     print(f'pseudo-labels written to {out}')
 
 def _cmd_data_check(args):
-    if args.dataset == 'voc': from zls.voc import check_voc as check
-    else: from zls.cocostuff import check_cocostuff as check
-    df = check(**dataset_roots(args.dataset, args.root), official=not args.miniature)
+    import inspect
+    from zls.data import resolve
+    from zls.splits import DATASETS
+    check = resolve(DATASETS[args.dataset].check)  # the checker the dataset's entry names, loaded now
+    opts = dict(official=not args.miniature, seed=args.seed, embeddings=args.embeddings)
+    opts = {k: v for k, v in opts.items() if k in inspect.signature(check).parameters}  # each takes its own
+    df = check(**dataset_roots(args.dataset, args.root), **opts)
     print(check_report(df, args.dataset))
     if not df['ok'].all(): raise SystemExit(1)
 
@@ -328,13 +332,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument('--size', type=int, default=64)
     s.add_argument('--seed', type=int, default=0)
     s.set_defaults(fn=_cmd_data_shapes)
-    c = d.add_parser('check', help='verify a real dataset tree and say exactly what is missing',
-                     description='Check the folders, file counts and a decoded sample of a dataset tree; '
-                                 'exit 1 if anything is missing.')
-    c.add_argument('dataset', choices=('voc', 'cocostuff'))
-    c.add_argument('--root', help='datasets folder (default: $ZLS_DATA or <project>/data)')
+    from zls.splits import DATASETS  # the datasets whose entry names a checker
+    c = d.add_parser('check', help='verify a dataset tree (or your own folder) and say exactly what is wrong',
+                     description='Check the folders, file counts and a decoded sample of a dataset tree (a folder of '
+                                 'your own: every image and mask, its classes and names); exit 1 on any problem.')
+    c.add_argument('dataset', choices=[n for n, s in DATASETS.items() if s.check])
+    c.add_argument('--root', help='datasets folder (default: $ZLS_DATA or <project>/data); folder: the folder itself')
     c.add_argument('--miniature', action='store_true',
                    help='accept file counts other than the official ones (test trees)')
+    c.add_argument('--seed', type=int, default=0,
+                   help="folder: data_seed of the run, which draws the train/val split when there are no lists")
+    c.add_argument('--embeddings', choices=('glove', 'minilm'), default='glove',
+                   help='folder: the embedding source of the run, which must know every class name (default glove)')
     c.set_defaults(fn=_cmd_data_check)
     pr = d.add_parser('prepare', help='verify the official archives against their checksums and unpack them',
                       description='Verify downloaded archives (md5) and unpack them into the layout zls reads.')

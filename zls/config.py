@@ -7,11 +7,11 @@ from __future__ import annotations
 import difflib, math, typing
 from dataclasses import dataclass, field, fields
 from .core import KERNELS
-from .splits import get_split
+from .splits import DATASETS, get_split
 
 # %% auto #0
-__all__ = ['DATASETS', 'EMBEDDINGS', 'COMMON', 'VOLATILE', 'param', 'need', 'did_you_mean', 'convert', 'Section', 'DataConfig',
-           'ModelConfig', 'TrainConfig', 'EvalConfig', 'RunConfig']
+__all__ = ['EMBEDDINGS', 'COMMON', 'VOLATILE', 'param', 'need', 'did_you_mean', 'convert', 'Section', 'DataConfig', 'ModelConfig',
+           'TrainConfig', 'EvalConfig', 'RunConfig']
 
 # %% ../nbs/10_config.ipynb #42ee7e3a
 def param(default, help: str):
@@ -75,28 +75,35 @@ class Section:
         return cls(**{k: v for k, v in flat.items() if k in cls.names()})
 
 # %% ../nbs/10_config.ipynb #ad98345c
-DATASETS = ('shapes', 'voc', 'cocostuff')  # each with the split of the same name
-
 @dataclass
 class DataConfig(Section):
-    "The dataset, its class split and the generated `shapes` benchmark's size."
-    dataset: str = param('shapes', 'shapes (built in, generated on first use), voc or cocostuff')
-    data_root: str = param('', 'datasets folder; empty means $ZLS_DATA, else <project>/data')
-    data_seed: int = param(0, 'seed of the generated shapes dataset')
+    "The dataset (an entry of `zls.splits.DATASETS`), its class split and the generated `shapes` benchmark's size."
+    dataset: str = param('shapes', f"{', '.join(DATASETS)}: shapes is generated on first use; folder is your own "
+                                   '(images/, masks/, classes.txt in data_root)')
+    data_root: str = param('', 'datasets folder; empty means $ZLS_DATA, else <project>/data (folder: the dataset '
+                               'itself)')
+    data_seed: int = param(0, 'seed of the generated shapes dataset, and of a folder\'s train/val split when it has no '
+                              'train.txt and val.txt')
     n_train: int = param(2000, 'shapes: training images')
     n_val: int = param(500, 'shapes: validation images')
     size: int = param(64, 'shapes: image side in pixels')
-    split: str = param('shapes', 'class split: shapes, voc or cocostuff (the one of the dataset)')
+    split: str = param('shapes', "class split: the one of the dataset (shapes, voc, cocostuff; folder: the folder's)")
     background: str = param('ignore', 'ignore (background unlabeled, not evaluated) or seen')
-    unseen: str = param('', 'comma-separated unseen class names; empty means the default of the split')
+    unseen: str = param('', 'comma-separated unseen class names; empty means the default of the split (a folder has '
+                            'none: name them)')
 
     def check(self):
         need('dataset', self.dataset, self.dataset in DATASETS, f"one of {', '.join(DATASETS)}")
+        d = DATASETS[self.dataset]
+        if d.classes_file and self.split == 'shapes': self.split = self.dataset  # a folder has one split: its own
         need('split', self.split, self.split == self.dataset,
              f'the split of dataset {self.dataset!r}: set split={self.dataset}')
+        need('data_root', self.data_root, bool(self.data_root) or not d.classes_file,
+             f'the folder of dataset {self.dataset} (it holds {d.classes_file}, images/ and masks/): set data_root=DIR')
         for n in ('n_train', 'n_val', 'size'): need(n, getattr(self, n), getattr(self, n) >= 1, 'an int >= 1')
         need('background', self.background, self.background in ('ignore', 'seen'), "'ignore' or 'seen'")
-        get_split(self.split, background=self.background, unseen=self.unseen_names)  # unknown class names fail here
+        get_split(self.split, background=self.background, unseen=self.unseen_names,  # unknown class names fail here
+                  root=self.data_root or None)
 
     @property
     def unseen_names(self) -> tuple[str, ...] | None:
@@ -111,7 +118,8 @@ class ModelConfig(Section):
     "The segmenter: backbone, its weights, and the class-name embeddings that make its classifier."
     backbone: str = param('small', 'small, or a DeepLab ResNet name such as deeplabv3_resnet101')
     output_stride: int = param(0, 'backbone output stride; 0 means the default of the backbone')
-    pretrained_backbone: str = param('', 'local torchvision ResNet state dict; empty means random init')
+    pretrained_backbone: str = param('', "local torchvision ResNet state dict, or imagenet (torchvision's ImageNet "
+                                         "weights, from torch's hub cache); empty = random init")
     freeze_bn: bool = param(False, "freeze BatchNorm statistics and affine parameters (the paper's DeepLab setting)")
     init_from: str = param('', 'a round checkpoint (train.pt, e.g. of a pretraining run) whose backbone, and head '
                                'where its shapes match, start round 0; empty: random init')

@@ -106,10 +106,10 @@ def pin_kernels(kernels: str = '') -> str:
     torch.backends.mkldnn.enabled = False
     torch.backends.nnpack.set_flags(False)
     if not (sig := kernels_signature()).startswith('portable'):
-        raise KernelsUnavailable(f'portable CPU kernels were asked for, but this process runs {sig}: torch computed here '
-                           'before they could be chosen, or the CPU has no AVX2, or MKL refused its AVX2 branch (it '
-                           'does on non-Intel CPUs). Run it through zls run, which starts its own processes, or leave '
-                           'kernels native')
+        raise KernelsUnavailable(f'portable CPU kernels were asked for, but this process runs {sig}: torch '
+                                 'computed here before they could be chosen, or the CPU has no AVX2, or MKL refused '
+                                 'its AVX2 branch (it does on non-Intel CPUs). Run it through zls run, which starts '
+                                 'its own processes, or leave kernels native')
     return sig
 
 

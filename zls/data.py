@@ -4,51 +4,68 @@
 
 # %% ../nbs/11_data.ipynb #476b698f
 from __future__ import annotations
+import importlib
 from pathlib import Path
 import torch
 from torch.utils.data import Dataset
-from .config import DATASETS, DataConfig
+from .config import DataConfig
 from .core import data_root
 from .datasets import SegFolder
 from .shapes import make_shapes
-from .splits import Split, get_split
+from .splits import DATASETS, Split, get_split
 
 # %% auto #0
-__all__ = ['FRACTIONS', 'dataset_roots', 'valid_ids', 'build_datasets', 'split_of', 'labeled_pool', 'labeled_subset',
-           'LabeledSet', 'split_indices', 'labeled_indices']
+__all__ = ['FRACTIONS', 'dataset_roots', 'split_of', 'valid_ids', 'resolve', 'build_datasets', 'shapes_sets', 'voc_sets',
+           'cocostuff_sets', 'labeled_pool', 'labeled_subset', 'LabeledSet', 'split_indices', 'labeled_indices']
 
 # %% ../nbs/11_data.ipynb #446df12e
 def dataset_roots(dataset: str, root=None) -> dict:
-    "Folders of a real dataset under a datasets folder, in the official layouts (VOC + SBD, COCO-stuff)."
+    "Folders of a dataset under a datasets folder, by its `DATASETS` entry (VOC + SBD, COCO-stuff, your folder)."
+    with_roots = ', '.join(n for n, d in DATASETS.items() if d.roots)
+    if dataset not in DATASETS: raise ValueError(f'unknown dataset {dataset!r}; datasets with folders: {with_roots}')
+    d = DATASETS[dataset]
+    if not d.roots: raise ValueError(f'dataset {dataset!r} has no folders (it is generated); datasets with folders: '
+                                     f'{with_roots}')
+    if d.classes_file and root is None:
+        raise ValueError(f'dataset {dataset!r} is a folder of your own: give its path (data_root=DIR, or --root DIR)')
     root = data_root(root)
-    if dataset == 'voc':
-        return dict(voc_root=root / 'VOCdevkit' / 'VOC2012', sbd_root=root / 'SBD' / 'benchmark_RELEASE' / 'dataset')
-    if dataset == 'cocostuff': return dict(root=root / 'cocostuff')
-    raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(d for d in DATASETS if d != 'shapes')}")
-
-def valid_ids(data: DataConfig) -> tuple[int, ...]:
-    "The label ids a mask of the dataset may hold besides 255: its split's classes (COCO-stuff: its 182-id space)."
-    if data.dataset == 'cocostuff': return tuple(range(182))  # 11 ids COCO never uses map to void (see cocostuff)
-    return split_of(data).label_ids
-
-def build_datasets(data: DataConfig):
-    "Training and validation sets: `shapes` train/val, `voc` train_aug/val, `cocostuff` train2017/val2017."
-    ids = valid_ids(data)  # a mask holding any other id is a data error, named when the item is read
-    if data.dataset == 'shapes':
-        folder = make_shapes(data.data_root or None, n_train=data.n_train, n_val=data.n_val, size=data.size,
-                             seed=data.data_seed)
-        return SegFolder(folder, 'train', valid_ids=ids, cache=True), SegFolder(folder, 'val', valid_ids=ids, cache=True)
-    kw = dataset_roots(data.dataset, data.data_root or None)
-    if data.dataset == 'voc':
-        from zls.voc import VOCSegmentation  # real datasets' modules load on demand
-        return (VOCSegmentation(**kw, image_set='train_aug', valid_ids=ids),
-                VOCSegmentation(**kw, image_set='val', valid_ids=ids))
-    from zls.cocostuff import CocoStuff
-    return CocoStuff(kw['root'], 'train2017', valid_ids=ids), CocoStuff(kw['root'], 'val2017', valid_ids=ids)
+    return {k: root / v for k, v in d.roots.items()}
 
 def split_of(data: DataConfig) -> Split:
     "The class split of a run's data section."
-    return get_split(data.split, background=data.background, unseen=data.unseen_names)
+    return get_split(data.split, background=data.background, unseen=data.unseen_names, root=data.data_root or None)
+
+def valid_ids(data: DataConfig) -> tuple[int, ...]:
+    "The label ids a mask of the dataset may hold besides 255: its split's classes (COCO-stuff: its 182-id space)."
+    return DATASETS[data.dataset].mask_ids or split_of(data).label_ids  # COCO's 11 unused ids map to void
+
+def resolve(ref: str):
+    "The function a `'module:function'` reference names, its module imported now (datasets load on demand)."
+    module, _, name = ref.partition(':')
+    return getattr(importlib.import_module(module), name)
+
+def build_datasets(data: DataConfig):
+    "Training and validation sets of the run's dataset, made by the builder its `DATASETS` entry names."
+    d = DATASETS[data.dataset]
+    roots = dataset_roots(data.dataset, data.data_root or None) if d.roots else {}
+    return resolve(d.build)(data, roots, valid_ids(data))  # a mask holding another id is a data error, named when read
+
+# %% ../nbs/11_data.ipynb #7160826a
+def shapes_sets(data: DataConfig, roots: dict, valid_ids) -> tuple[SegFolder, SegFolder]:
+    "`shapes` train and val, generated on first use and decoded once (8 MB per 1,000 images)."
+    folder = make_shapes(data.data_root or None, n_train=data.n_train, n_val=data.n_val, size=data.size,
+                         seed=data.data_seed)
+    return tuple(SegFolder(folder, s, valid_ids=valid_ids, cache=True) for s in ('train', 'val'))
+
+def voc_sets(data: DataConfig, roots: dict, valid_ids):
+    "VOC 2012 `train_aug` (VOC train + SBD, 10,582 images) and `val` (1,449)."
+    from zls.voc import VOCSegmentation
+    return tuple(VOCSegmentation(**roots, image_set=s, valid_ids=valid_ids) for s in ('train_aug', 'val'))
+
+def cocostuff_sets(data: DataConfig, roots: dict, valid_ids):
+    "COCO-stuff 164k `train2017` and `val2017`."
+    from zls.cocostuff import CocoStuff
+    return tuple(CocoStuff(**roots, image_set=s, valid_ids=valid_ids) for s in ('train2017', 'val2017'))
 
 # %% ../nbs/11_data.ipynb #68d5d315
 def labeled_pool(train_set) -> list[str]:

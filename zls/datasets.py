@@ -32,6 +32,7 @@ _IMAGE_SUFFIXES = ('.jpg', '.png', '.jpeg')
 
 class SegFolder(Dataset):
     "A VOC-like folder: items `dict(image=uint8 (3,H,W), label=uint8 (H,W) dataset ids, name=id)`; ids checked."
+    cache: dict | None = None  # subclasses that set up their own folders read their files every time
     def __init__(self, root: str | Path, image_set: str = 'train', *, image_dir: str = 'JPEGImages',
                  mask_dir: str = 'SegmentationClass', list_dir: str = 'ImageSets/Segmentation', valid_ids=None,
                  cache: bool = False):
@@ -51,6 +52,8 @@ class SegFolder(Dataset):
                                     f'available image sets: {have or "none"}.{hint}')
         self.names = [l.strip() for l in lst.read_text(encoding='utf-8').splitlines() if l.strip()]
         if not self.names: raise ValueError(f'id list {lst} is empty; it should list one image id per line')
+
+    read_label = staticmethod(load_mask)  # a mask file to class ids; zls.folder's datasets also read RGB masks
 
     def __len__(self) -> int: return len(self.names)
     def __repr__(self) -> str: return f'SegFolder({str(self.root)!r}, {self.image_set!r}): {len(self)} images'
@@ -80,7 +83,7 @@ class SegFolder(Dataset):
         "Item `i` decoded from its files."
         name = self.names[i]
         ip, mp = self.image_path(name), self.mask_path(name)
-        image, label = load_image(ip), check_ids(load_mask(mp), self.valid_ids, mp)
+        image, label = load_image(ip), check_ids(self.read_label(mp), self.valid_ids, mp)
         if image.shape[:2] != label.shape:
             raise ValueError(f'{mp}: mask size {label.shape[1]}x{label.shape[0]} differs from its image {ip} '
                              f'({image.shape[1]}x{image.shape[0]}, width x height)')

@@ -18,8 +18,8 @@ METHODS: dict[str, ModuleType] = dict(strict=strict, supervised=supervised, pseu
                                       pretrain=pretrain)
 DEFAULT_METHOD = 'strict'
 # what the driver reads from a method module
-INTERFACE = ('Config', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'class_matrix', 'label_round',
-             'train_round', 'evaluate_round')
+INTERFACE = ('Config', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN', 'class_matrix',
+             'label_round', 'train_round', 'evaluate_round')
 
 def get_method(name: str) -> ModuleType:
     "The module of method `name`."

@@ -6,13 +6,14 @@
 from __future__ import annotations
 import contextlib, inspect, math
 from pathlib import Path
+from urllib.parse import urlparse
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['BACKBONES', 'Segmenter', 'with_classes', 'calibrate', 'SmallBackbone', 'ConvHead', 'ASPPHead', 'ASPPPlusHead',
-           'load_resnet_weights', 'build_model', 'param_groups']
+__all__ = ['IMAGENET', 'BACKBONES', 'Segmenter', 'with_classes', 'calibrate', 'SmallBackbone', 'ConvHead', 'ASPPHead',
+           'ASPPPlusHead', 'ASPPv2Head', 'load_resnet_weights', 'imagenet_resnet_file', 'build_model', 'param_groups']
 
 # %% ../nbs/08_model.ipynb #3b924784
 _BN = nn.modules.batchnorm._BatchNorm
@@ -148,6 +149,21 @@ class ASPPPlusHead(nn.Module):
         high = F.interpolate(self.aspp(f['out']), size=low.shape[-2:], mode='bilinear', align_corners=False)
         return self.body(torch.cat([high, low], 1))
 
+# %% ../nbs/08_model.ipynb #1f8ff9e6
+class ASPPv2Head(nn.Module):
+    "DeepLab-v2's ASPP-L as SPNet's projection: dilated 3x3 convs from `cin` to the embedding dimension, summed."
+    def __init__(self, cin: int, dim: int, *, rates=(6, 12, 18, 24)):
+        super().__init__()
+        if not len(rates): raise ValueError('ASPPv2Head: rates must hold at least one dilation rate, e.g. (6, 12, 18)')
+        # padding = dilation keeps the feature size; biases and no BatchNorm, as DeepLab-v2's classifier branches
+        self.aspp = nn.ModuleList(nn.Conv2d(cin, dim, 3, padding=r, dilation=r) for r in rates)
+        for c in self.aspp:  # DeepLab-v2's (and STRICT's) initialization of the new layers
+            nn.init.normal_(c.weight, std=0.01)
+            nn.init.zeros_(c.bias)
+    def forward(self, f: dict) -> torch.Tensor:
+        x = f['out']
+        return sum(c(x) for c in self.aspp)
+
 # %% ../nbs/08_model.ipynb #da37ad40
 def load_resnet_weights(net: nn.Module, path: str | Path) -> nn.Module:
     "Load a local torchvision ResNet state dict into `net` (its `fc.*` keys are ignored); returns `net`."
@@ -171,26 +187,61 @@ def load_resnet_weights(net: nn.Module, path: str | Path) -> nn.Module:
     net.load_state_dict({k: sd[k] for k in have}, strict=False)
     return net
 
+# %% ../nbs/08_model.ipynb #e926e772
+IMAGENET = 'imagenet'
+
+def imagenet_resnet_file(depth: int, *, progress: bool = True) -> Path:
+    "torchvision's ImageNet ResNet-`depth` weights file in torch's hub cache, downloaded there first if missing."
+    from torchvision.models import ResNet50_Weights, ResNet101_Weights
+    if depth not in (50, 101): raise ValueError(f'imagenet weights: the ResNet depth must be 50 or 101, got {depth}')
+    url = (ResNet50_Weights if depth == 50 else ResNet101_Weights).IMAGENET1K_V1.url
+    cache = Path(torch.hub.get_dir()) / 'checkpoints'
+    path = cache / Path(urlparse(url).path).name  # the name torch.hub gives the downloaded file
+    if path.is_file(): return path  # no network needed: downloaded before, or copied in by hand
+    try:  # looked up on torch.hub at call time, so that a test can make the download fail
+        torch.hub.load_state_dict_from_url(url, model_dir=str(cache), map_location='cpu', progress=progress,
+                                           check_hash=True, weights_only=True)
+    except Exception as e:  # offline, a proxy, a full disk or a bad hash: all fixed the same way
+        why = ' '.join(f'{type(e).__name__}: {e}'.split())  # one line
+        raise FileNotFoundError(f"pretrained_backbone=imagenet: {path.name} is not in torch's hub cache and could not "
+                                f'be downloaded ({why}); download {url} and put it in {cache} (torch.hub.get_dir(), '
+                                f'set by TORCH_HOME), or pass the path of a local ResNet-{depth} state dict') from None
+    return path
+
+# %% ../nbs/08_model.ipynb #18d682bd
 def _resnet(depth: int, output_stride: int, pretrained_backbone) -> nn.Module:
     from torchvision.models import resnet50, resnet101
     from torchvision.models._utils import IntermediateLayerGetter
     if output_stride not in (8, 16):
         raise ValueError(f'DeepLab backbones: output_stride must be 8 or 16, got {output_stride}')
-    if pretrained_backbone is not None and not Path(pretrained_backbone).is_file():  # fail before the slow build
-        raise FileNotFoundError(f'pretrained_backbone: no file at {pretrained_backbone}; '
-                                'pass the path of a saved torchvision ResNet state dict')
+    path = None
+    if pretrained_backbone is not None:  # found (or downloaded) before the slow build, so a missing file fails fast
+        path = imagenet_resnet_file(depth) if str(pretrained_backbone) == IMAGENET else Path(pretrained_backbone)
+        if not path.is_file():
+            raise FileNotFoundError(f'pretrained_backbone: no file at {path}; pass the path of a saved torchvision '
+                                    f"ResNet state dict, or '{IMAGENET}' for torchvision's ImageNet weights")
     resnet = resnet50 if depth == 50 else resnet101
     net = resnet(weights=None, replace_stride_with_dilation=[False, output_stride == 8, True])
-    if pretrained_backbone is not None: load_resnet_weights(net, pretrained_backbone)
+    if path is not None: load_resnet_weights(net, path)
     return IntermediateLayerGetter(net, return_layers={'layer1': 'low', 'layer4': 'out'})
 
 # %% ../nbs/08_model.ipynb #b92e1279
 def _small(emb_dim, *, output_stride=4, width: int = 32, dilations=(2, 4), pretrained_backbone=None):
+    if pretrained_backbone is not None and str(pretrained_backbone) == IMAGENET:
+        raise ValueError("pretrained_backbone='imagenet': there are no ImageNet weights for the small backbone, only "
+                         'for the ResNet ones (e.g. deeplabv2_resnet101); leave pretrained_backbone empty with small')
     if pretrained_backbone is not None:
         raise ValueError('pretrained_backbone is only for the ResNet backbones, not small')
     bb = SmallBackbone(width=width, output_stride=output_stride, dilations=tuple(dilations))
     return (bb, ConvHead(bb.out_channels, emb_dim),
             dict(output_stride=output_stride, width=width, dilations=list(dilations)))
+
+def _deeplabv2(depth: int):
+    def build(emb_dim, *, output_stride=8, atrous_rates=(6, 12, 18, 24), pretrained_backbone=None):
+        rates = tuple(atrous_rates)
+        bb = _resnet(depth, output_stride, pretrained_backbone)
+        return bb, ASPPv2Head(2048, emb_dim, rates=rates), dict(output_stride=output_stride, atrous_rates=list(rates))
+    return build
 
 def _deeplab(depth: int, plus: bool):
     def build(emb_dim, *, output_stride=8, atrous_rates=None, aspp_channels: int = 256, pretrained_backbone=None):
@@ -201,7 +252,8 @@ def _deeplab(depth: int, plus: bool):
         return bb, head, dict(output_stride=output_stride, atrous_rates=list(rates), aspp_channels=aspp_channels)
     return build
 
-BACKBONES = {'small': _small, 'deeplabv3_resnet50': _deeplab(50, False), 'deeplabv3_resnet101': _deeplab(101, False),
+BACKBONES = {'small': _small, 'deeplabv2_resnet50': _deeplabv2(50), 'deeplabv2_resnet101': _deeplabv2(101),
+             'deeplabv3_resnet50': _deeplab(50, False), 'deeplabv3_resnet101': _deeplab(101, False),
              'deeplabv3plus_resnet50': _deeplab(50, True), 'deeplabv3plus_resnet101': _deeplab(101, True)}
 
 # %% ../nbs/08_model.ipynb #ea95f95a
@@ -212,9 +264,9 @@ def build_model(backbone: str, emb: torch.Tensor, *, output_stride: int | None =
     if backbone not in BACKBONES:
         raise ValueError(f'unknown backbone {backbone!r}; valid names: {", ".join(BACKBONES)}')
     if weights is not None:
-        raise ValueError('weights: zls never downloads weights; leave weights=None and pass '
-                         'pretrained_backbone=<path of a local torchvision ResNet state dict> '
-                         'for ImageNet initialization')
+        raise ValueError("weights: zls does not take torchvision's weights argument; leave weights=None and pass "
+                         "pretrained_backbone='imagenet' (torchvision's ImageNet weights, from torch's hub cache) "
+                         'or the path of a local torchvision ResNet state dict')
     builder = BACKBONES[backbone]
     opts = [n for n, p in inspect.signature(builder).parameters.items()
             if p.kind == p.KEYWORD_ONLY and n != 'pretrained_backbone']

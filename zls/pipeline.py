@@ -29,8 +29,9 @@ __all__ = ['RUN_VERSION', 'NUMERIC_PROVENANCE', 'RECORDED_PROVENANCE', 'PIPELINE
 def prepare_round(cfg: RunConfig | dict, *, run_dir, k: int, generator_ckpt=None) -> Round:
     "Round `k` of a run: its data, split, class matrix, student and (for k > 0) generator."
     cfg = run_config(cfg)
-    return make_round(cfg, run_dir=run_dir, k=k, class_matrix=METHODS[cfg.method].class_matrix,
-                      generator_ckpt=generator_ckpt)
+    mod = METHODS[cfg.method]
+    return make_round(cfg, run_dir=run_dir, k=k, class_matrix=mod.class_matrix, generator_ckpt=generator_ckpt,
+                      hides_unseen=mod.HIDES_UNSEEN)
 
 def label_round(r: Round):
     "The method's pseudo-labels for round `r` (None where it makes none, e.g. round 0)."
@@ -135,14 +136,16 @@ PATH_PARAMS = ('data_root', 'emb_path', 'pretrained_backbone', 'init_from')
 
 def absolute_paths(p: dict) -> dict:
     "Path parameters made absolute against the working directory, since rounds run inside the run folder."
-    return {k: str(Path(v).resolve()) if k in PATH_PARAMS and v else v for k, v in p.items()}
+    path = lambda k, v: k in PATH_PARAMS and v and not (k == 'pretrained_backbone' and v == 'imagenet')  # a name
+    return {k: str(Path(v).resolve()) if path(k, v) else v for k, v in p.items()}
 
 # %% ../nbs/20_pipeline.ipynb #7124e742
 def descendants(pid: int | None = None) -> list[int]:
     "Every process started, directly or not, by process `pid` (default: this one)."
     pid, kids = pid or os.getpid(), {}
     out = subprocess.run(['ps', '-A', '-o', 'pid=', '-o', 'ppid='], capture_output=True, text=True).stdout
-    for p, pp in (map(int, line.split()) for line in out.splitlines() if line.strip()): kids.setdefault(pp, []).append(p)
+    for p, pp in (map(int, line.split()) for line in out.splitlines() if line.strip()):
+        kids.setdefault(pp, []).append(p)
     found, todo = [], [pid]
     while todo:
         found += (new := kids.get(todo.pop(), []))

@@ -18,9 +18,9 @@ from .train import Round, batch_indices, fit, load_checkpoint, make_optimizer, m
 from .train import poly_schedule, write_metrics
 
 # %% auto #0
-__all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'dense_views', 'to_image', 'to_view', 'feature_grid',
-           'dense_nce', 'Config', 'ImageBatches', 'pretrain', 'feature_scores', 'class_matrix', 'label_round',
-           'train_round', 'evaluate_round']
+__all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN', 'dense_views', 'to_image', 'to_view',
+           'feature_grid', 'dense_nce', 'Config', 'ImageBatches', 'pretrain', 'feature_scores', 'class_matrix',
+           'label_round', 'train_round', 'evaluate_round']
 
 # %% ../nbs/18b_pretrain.ipynb #pt000007
 def dense_views(images: torch.Tensor, *, generator: torch.Generator, size: int | None = None,
@@ -180,6 +180,7 @@ ROUNDS = 0
 MAX_ROUNDS = 0
 MULTI_PROCESS = False  # the loss's negatives are the batch's pixels: one process sees the whole batch
 ROUND0_OPTS = Config.names()
+HIDES_UNSEEN = True  # no label reaches training
 
 def class_matrix(cfg: RunConfig, split: Split) -> torch.Tensor:
     "Seeded random unit vectors (classes, pt_dim): they size the head; pretraining never scores them."

@@ -25,8 +25,8 @@ from .train import Round, StepBatches, evaluate_round as evaluate_segmenter, fit
 from .train import make_optimizer, model_from_checkpoint, poly_schedule
 
 # %% auto #0
-__all__ = ['SOURCES', 'NORMS', 'JITTER', 'STUDENT_NORMS', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'grad_cam',
-           'linear_cam', 'image_labels', 'PseudoSegNet', 'global_rms', 'sharpen', 'fuse', 'strong_view',
+__all__ = ['SOURCES', 'NORMS', 'JITTER', 'STUDENT_NORMS', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN',
+           'grad_cam', 'linear_cam', 'image_labels', 'PseudoSegNet', 'global_rms', 'sharpen', 'fuse', 'strong_view',
            'soft_cross_entropy', 'consistency_loss', 'bn_stats_frozen', 'rampup_weight', 'unlabeled_targets',
            'ImageLabeledSet', 'Config', 'labeled_loss', 'weak_pseudo_labels', 'train_pseudoseg', 'label_round',
            'train_round', 'pseudo_scores', 'evaluate_round']
@@ -337,6 +337,7 @@ ROUNDS = 0  # one round: warm-up, then PseudoSeg
 MAX_ROUNDS = 0
 MULTI_PROCESS = False  # train_pseudoseg runs in one process
 ROUND0_OPTS = tuple(n for n in Config.names())  # its one round reads every option
+HIDES_UNSEEN = False  # semi-supervised: it trains on every class of its labelled images
 
 def label_round(r: Round) -> None:
     "Nothing to label offline: the pseudo-labels are made per batch."

@@ -49,13 +49,16 @@ def rounds_table(run_dir) -> pd.DataFrame:
         vw = m.get('views', {})  # the multi-scale evaluation, when the run has eval_views
         p_prec, p_cov = _overall(m.get('pseudo'))
         i_prec, i_cov = _overall(m.get('pseudo_identity'))
-        g = lambda d, k: d.get(k, np.nan)
+        g = lambda d, k: d.get(k, np.nan) if d.get(k) is not None else np.nan
+        au = m.get('audit', {})  # the leak audit (rounds made before it have none)
         rows.append(dict(round=m['round'], seen=g(pl, 'mIoU_seen'), unseen=g(pl, 'mIoU_unseen'), hIoU=g(pl, 'hIoU'),
                          mIoU=g(pl, 'mIoU'), pixel_acc=g(pl, 'pixel_acc'),
                          cal_seen=g(cal, 'mIoU_seen'), cal_unseen=g(cal, 'mIoU_unseen'), cal_hIoU=g(cal, 'hIoU'),
                          views_hIoU=g(vw, 'hIoU'), views_mIoU=g(vw, 'mIoU'),
                          pseudo_precision=p_prec, pseudo_coverage=p_cov,
                          single_view_precision=i_prec, single_view_coverage=i_cov,
+                         unseen_train_px=g(au, 'unseen_target_pixels'),
+                         train_images_with_unseen=g(au, 'images_with_unseen'),
                          minutes=sum(m.get('times', {}).values()) / 60))
     return pd.DataFrame(rows).set_index('round')
 

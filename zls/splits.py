@@ -6,6 +6,7 @@
 from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 import numpy as np
 import torch
 from typing import TYPE_CHECKING
@@ -15,8 +16,8 @@ if TYPE_CHECKING:
 
 # %% auto #0
 __all__ = ['BACKGROUND', 'SHAPES_COLORS', 'SHAPES_SHAPES', 'SHAPES_UNSEEN', 'VOC_CLASSES', 'VOC_UNSEEN', 'COCOSTUFF_ALL',
-           'COCOSTUFF_IDS', 'COCOSTUFF_CLASSES', 'COCOSTUFF_UNSEEN', 'LABEL_VIEWS', 'shapes_classes', 'Split',
-           'get_split', 'split_table', 'label_view', 'label_views']
+           'COCOSTUFF_IDS', 'COCOSTUFF_CLASSES', 'COCOSTUFF_UNSEEN', 'DATASETS', 'LABEL_VIEWS', 'shapes_classes',
+           'Split', 'read_classes', 'DatasetSpec', 'get_split', 'split_table', 'label_view', 'label_views']
 
 # %% ../nbs/01_splits.ipynb #adb686ed
 BACKGROUND = 'background'
@@ -135,15 +136,66 @@ def _candidates(self: Split, target):
 
 Split.lut, Split.encode, Split.candidates = _lut, _encode, _candidates
 
+# %% ../nbs/01_splits.ipynb #fe3481f9
+def read_classes(path) -> tuple[str, ...]:
+    "The class names of a `classes.txt`: line i names the class of id i (blank lines at the end are ignored)."
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f'{p} not found: write the class names there, one per line (line i names id i, '
+                                f'e.g. {BACKGROUND} first)')
+    lines = [l.strip() for l in p.read_text(encoding='utf-8-sig').splitlines()]  # -sig: a BOM is not a name
+    while lines and not lines[-1]: lines.pop()
+    if not lines: raise ValueError(f'{p} is empty: write the class names there, one per line (line i names id i)')
+    blank = [i + 1 for i, l in enumerate(lines) if not l]
+    if blank: raise ValueError(f'{p}: line(s) {blank} are empty, which would leave their ids without a name; '
+                               'name every id (line 1 is id 0)')
+    if len(lines) > IGNORE_INDEX:
+        raise ValueError(f'{p} names {len(lines)} classes; at most {IGNORE_INDEX} fit (ids 0..254, 255 is void)')
+    dup = sorted({c for c in lines if lines.count(c) > 1})
+    if dup: raise ValueError(f'{p}: class names {dup} appear on more than one line; give each id its own name')
+    return tuple(lines)
+
+# %% ../nbs/01_splits.ipynb #b069278c
+@dataclass(frozen=True)
+class DatasetSpec:
+    "A dataset zls runs on: its classes and default split, its folders, and the functions that build and check it."
+    name: str
+    classes: tuple = ()  # class names in label-id order; () reads them from `classes_file` in the dataset's folder
+    unseen: tuple | None = None  # the default unseen classes; None: a run names them (unseen=...)
+    label_ids: tuple | None = None  # dataset id of each class, when ids are not 0..len(classes)-1
+    mask_ids: tuple | None = None  # ids a mask may hold besides 255, when more than the classes' (COCO-stuff: 0..181)
+    roots: dict = field(default_factory=dict)  # the builder's folder arguments, relative to the data root; {}: none
+    build: str = ''  # 'module:function' of (DataConfig, roots, valid_ids) -> (train set, val set), imported on demand
+    check: str = ''  # 'module:function' behind `zls data check <name>` (its rows: item, expected, found, ok, fix)
+    classes_file: str = ''  # with classes=(): the file naming them; the data root is then the dataset's own folder
+
+DATASETS: dict[str, DatasetSpec] = {d.name: d for d in (
+    DatasetSpec('shapes', shapes_classes(), SHAPES_UNSEEN, build='zls.data:shapes_sets'),
+    DatasetSpec('voc', VOC_CLASSES, VOC_UNSEEN, build='zls.data:voc_sets', check='zls.voc:check_voc',
+                roots=dict(voc_root='VOCdevkit/VOC2012', sbd_root='SBD/benchmark_RELEASE/dataset')),
+    DatasetSpec('cocostuff', COCOSTUFF_CLASSES, COCOSTUFF_UNSEEN, COCOSTUFF_IDS, tuple(range(len(COCOSTUFF_ALL))),
+                roots=dict(root='cocostuff'), build='zls.data:cocostuff_sets', check='zls.cocostuff:check_cocostuff'),
+    DatasetSpec('folder', roots=dict(root=''), build='zls.folder:folder_sets', check='zls.folder:check_folder',
+                classes_file='classes.txt'))}
+
 # %% ../nbs/01_splits.ipynb #05e3486a
-def get_split(name: str = 'shapes', *, background: str = 'ignore', unseen=None) -> Split:
-    "A built-in split: `shapes` (the benchmark), `voc` (PASCAL VOC 15/5) or `cocostuff` (COCO-stuff, 15 unseen)."
-    pick = lambda default: default if unseen is None else unseen
-    if name == 'shapes': return Split('shapes', shapes_classes(), pick(SHAPES_UNSEEN), background)
-    if name == 'voc': return Split('voc', VOC_CLASSES, pick(VOC_UNSEEN), background)
-    if name == 'cocostuff':
-        return Split('cocostuff', COCOSTUFF_CLASSES, pick(COCOSTUFF_UNSEEN), background, COCOSTUFF_IDS)
-    raise ValueError(f"unknown split {name!r}; valid names: 'shapes', 'voc', 'cocostuff'")
+def get_split(name: str = 'shapes', *, background: str = 'ignore', unseen=None, root=None) -> Split:
+    "The split of dataset `name` of `DATASETS` (a folder's classes come from its `classes.txt` under `root`)."
+    if name not in DATASETS: raise ValueError(f"unknown split {name!r}; valid names: {', '.join(map(repr, DATASETS))}")
+    d = DATASETS[name]
+    if not d.classes and root is None:
+        raise ValueError(f"split {name!r} reads its classes from {d.classes_file} in the dataset's folder: set "
+                         'data_root=DIR (root=DIR here)')
+    where = Path(root or '') / d.classes_file
+    classes = d.classes or read_classes(where)
+    if unseen is None and d.unseen is None:
+        eg = [c for c in classes if c != BACKGROUND][-1:]
+        raise ValueError(f"unseen='' is invalid: dataset {name} has no default unseen classes; name the ones to hold "
+                         f'out, comma-separated, from {where} (e.g. unseen={",".join(eg)})')
+    if background == 'seen' and BACKGROUND not in classes and d.classes_file:
+        raise ValueError(f"background='seen' needs a class named {BACKGROUND!r} and {where} has none: add it as a "
+                         'line (id 0 by convention), or set background=ignore')
+    return Split(name, classes, d.unseen if unseen is None else unseen, background, d.label_ids)
 
 # %% ../nbs/01_splits.ipynb #b659026c
 def split_table(split: Split) -> 'pd.DataFrame':

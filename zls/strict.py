@@ -16,7 +16,8 @@ from .train import Round, train
 from .train import evaluate_round as evaluate_round  # the shared evaluation is this method's
 
 # %% auto #0
-__all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'Config', 'class_matrix', 'label_round', 'train_round']
+__all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN', 'Config', 'class_matrix', 'label_round',
+           'train_round']
 
 # %% ../nbs/15_strict.ipynb #bb6aa33e
 @dataclass
@@ -37,6 +38,7 @@ ROUNDS = 2  # after round 0, as STRICT's public scripts
 MAX_ROUNDS = None  # no limit
 MULTI_PROCESS = True  # labeling, training and evaluation shard over torchrun ranks
 ROUND0_OPTS = ()  # round 0 is SPNet: it reads none of the labeler's parameters
+HIDES_UNSEEN = True  # zero-label: no unseen label may reach training (the leak audit stops a round otherwise)
 
 # %% ../nbs/15_strict.ipynb #e8c79ec1
 def class_matrix(cfg: RunConfig, split: Split) -> torch.Tensor:

@@ -15,7 +15,8 @@ from .train import Round, train
 from .train import evaluate_round as evaluate_round  # the shared evaluation is this method's
 
 # %% auto #0
-__all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'Config', 'class_matrix', 'label_round', 'train_round']
+__all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN', 'Config', 'class_matrix', 'label_round',
+           'train_round']
 
 # %% ../nbs/16_supervised.ipynb #c3bd0d90
 @dataclass
@@ -31,6 +32,7 @@ ROUNDS = 0  # one round: round 0
 MAX_ROUNDS = 0
 MULTI_PROCESS = True
 ROUND0_OPTS = ('label_fraction', 'label_seed')
+HIDES_UNSEEN = False  # it trains on every class of its labelled images
 
 def class_matrix(cfg: RunConfig, split: Split) -> torch.Tensor:
     "The class-name embeddings of the split's model classes."

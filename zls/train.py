@@ -29,8 +29,8 @@ from .splits import Split
 # %% auto #0
 __all__ = ['augment', 'batch_indices', 'StepBatches', 'zls_loss', 'make_optimizer', 'poly_schedule', 'rng_state', 'set_rng_state',
            'save_checkpoint', 'load_checkpoint', 'StepLog', 'resume', 'fit', 'distributed', 'train', 'evaluate',
-           'segmenter_args', 'model_from_checkpoint', 'round_dir', 'Round', 'init_weights', 'make_round',
-           'write_metrics', 'evaluate_round']
+           'segmenter_args', 'model_from_checkpoint', 'leak_audit', 'check_no_leak', 'round_dir', 'Round',
+           'init_weights', 'make_round', 'write_metrics', 'evaluate_round']
 
 # %% ../nbs/13_train.ipynb #09b03495
 def augment(image: torch.Tensor, target: torch.Tensor, *, crop: int, scale=(0.5, 1.5), flip: bool = True,
@@ -321,6 +321,31 @@ def model_from_checkpoint(ckpt, *, emb: torch.Tensor | None = None) -> nn.Module
     model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     return model.eval()
 
+# %% ../nbs/13_train.ipynb #7c642789
+def leak_audit(train_set, split: Split, *, hides_unseen: bool = True) -> dict:
+    "Training target pixels that carry an unseen class (must be 0 where the method hides them), images holding one."
+    unseen = np.isin(np.arange(256), split.unseen_idx.numpy())
+    to_unseen = {t: unseen[split.lut(hide_unseen=t)] for t in (True, False)}  # dataset ids whose target is unseen
+    leaked, holding, examples = 0, 0, []
+    for i in range(len(train_set)):
+        item = train_set[i]
+        hist = np.bincount(np.asarray(item['label'], dtype=np.uint8).ravel(), minlength=256)  # pixels per dataset id
+        holding += bool(hist[to_unseen[False]].any())
+        n = int(hist[to_unseen[True]].sum()) if hides_unseen else 0
+        if n: examples.append(item['name'])
+        leaked += n
+    return dict(hides_unseen=hides_unseen, unseen_target_pixels=leaked if hides_unseen else None,
+                images_with_unseen=holding, images=len(train_set), leak_examples=examples[:3])
+
+def check_no_leak(audit: dict, split: Split) -> dict:
+    "`audit`, or one line that stops the round when training targets carry an unseen class."
+    if audit['unseen_target_pixels']:
+        raise DataError(f"leak: {audit['unseen_target_pixels']} training target pixels carry an unseen class of "
+                        f"{list(split.unseen)}, e.g. in {', '.join(audit['leak_examples'])}; unseen classes must reach "
+                        f'training unlabeled ({IGNORE_INDEX}): fix the split or the label mapping of the dataset')
+    return audit
+
+
 # %% ../nbs/13_train.ipynb #fa5fab29
 def round_dir(run_dir, k: int) -> Path:
     "The folder of round `k` of a run."
@@ -339,6 +364,7 @@ class Round:
     student: nn.Module
     generator: nn.Module | None = None
     times: dict = field(default_factory=dict)
+    audit: dict = field(default_factory=dict)  # `leak_audit` of its training set
 
     @property
     def opts(self):
@@ -380,12 +406,14 @@ def init_weights(model: nn.Module, ckpt) -> list[str]:
             loaded.append(part)
     return loaded
 
-def make_round(cfg: RunConfig, *, run_dir, k: int, class_matrix, generator_ckpt=None) -> Round:
-    "Pin threads, seed, then build round `k`: datasets, split, `class_matrix(cfg, split)`, student, generator (k > 0)."
+def make_round(cfg: RunConfig, *, run_dir, k: int, class_matrix, generator_ckpt=None,
+               hides_unseen: bool = True) -> Round:
+    "Pin threads, seed, audit, then build round `k`: data, split, `class_matrix(cfg, split)`, student, generator."
     pin_threads(cfg.train.threads, cfg.train.kernels)  # every process of a round: papermill kernel, torchrun worker
     seed_everything(cfg.train.seed + k)
     train_set, val_set = build_datasets(cfg.data)
     split = split_of(cfg.data)
+    audit = check_no_leak(leak_audit(train_set, split, hides_unseen=hides_unseen), split)  # before anything trains
     emb = class_matrix(cfg, split)
     m = cfg.model
     kw = dict(freeze_bn=m.freeze_bn)
@@ -401,10 +429,11 @@ def make_round(cfg: RunConfig, *, run_dir, k: int, class_matrix, generator_ckpt=
         generator.requires_grad_(False)
     d = round_dir(run_dir, k)
     d.mkdir(parents=True, exist_ok=True)
-    return Round(cfg, k, d, split, train_set, val_set, emb, student, generator)
+    return Round(cfg, k, d, split, train_set, val_set, emb, student, generator, audit=audit)
 
 def write_metrics(r: Round, res: dict) -> dict:
     "Write a round's `metrics.json` (rank 0 only), the file that marks the round as finished."
+    if r.audit: res.setdefault('audit', r.audit)  # every method's metrics.json: what training saw of unseen classes
     if is_main():
         atomic_write(r.dir / 'metrics.json', lambda f: Path(f).write_text(json.dumps(res, indent=1, default=float)))
     return res
