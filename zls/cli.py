@@ -297,7 +297,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser('speed', help='training, labeling and evaluation images/s on this device (synthetic data)',
                         description='Measure training, labeling (against its bare forward passes) and evaluation '
                                     'throughput of a backbone on synthetic data, and write the rows as a CSV.')
-    sp.add_argument('--backbone', default='small', help='small, or e.g. deeplabv3_resnet101 (default small)')
+    sp.add_argument('--backbone', default='small', help='small, or e.g. deeplabv2_resnet101 (default small)')
     sp.add_argument('--crop', type=int, default=64, help='image and crop side (default 64)')
     sp.add_argument('--batch', type=int, default=16, help='images per batch (default 16)')
     sp.add_argument('--steps', type=int, default=10, help='timed training steps; labeling and evaluation see '

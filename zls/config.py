@@ -116,7 +116,8 @@ EMBEDDINGS = ('attributes', 'glove', 'minilm', 'file')
 @dataclass
 class ModelConfig(Section):
     "The segmenter: backbone, its weights, and the class-name embeddings that make its classifier."
-    backbone: str = param('small', 'small, or a DeepLab ResNet name such as deeplabv3_resnet101')
+    backbone: str = param('small', 'small, or a DeepLab ResNet name: deeplabv2_resnet101 (the paper\'s), '
+                                   'deeplabv3_resnet101, deeplabv3plus_resnet101, ...')
     output_stride: int = param(0, 'backbone output stride; 0 means the default of the backbone')
     pretrained_backbone: str = param('', "local torchvision ResNet state dict, or imagenet (torchvision's ImageNet "
                                          "weights, from torch's hub cache); empty = random init")
