@@ -101,3 +101,25 @@ def test_package_lines_fit_120_columns():
     long = [f'{m}.py:{i}' for m, p in MODULES.items() for i, line in enumerate(p.read_text().splitlines(), 1)
             if len(line) > 120 and not line.startswith('__all__ = [') and not long_url(line)]
     assert not long, f'lines over 120 columns (edit the notebook, then nbdev_export): {long}'
+
+
+def test_every_method_keeps_the_method_protocol():
+    "Each module of `METHODS` has what the driver reads (`zls.methods.Method`), of the right kinds."
+    from zls.methods import Method, method_problems
+    for name, mod in METHODS.items():
+        assert isinstance(mod, Method), name
+        assert method_problems(mod) == [], (name, method_problems(mod))
+
+
+def test_no_reference_to_a_file_outside_the_repository():
+    "Notebooks, configurations, README and package cite papers and their code, and name only files the repo has."
+    root = ZLS.parent
+    files = [*root.glob('nbs/**/*.ipynb'), *root.glob('pipelines/**/*.*'), root / 'README.md', *root.glob('zls/*.py')]
+    texts = {p: p.read_text(encoding='utf-8') for p in files if p.is_file()}
+    notes = re.compile(r'METHOD\.md|\bseeds/|\bseed 0\d\d\b')  # the developers' notes, which users do not have
+    bad = [f'{p.relative_to(root)}: {m.group(0)}' for p, t in texts.items() for m in notes.finditer(t)]
+    path = re.compile(r"(?<!Path\(')\b((?:nbs|tests|results|pipelines|zls)/[\w./-]*\w"  # a constructed Path: an example
+                      r'\.(?:ipynb|py|csv|yaml|md|json|png))\b')
+    bad += [f'{p.relative_to(root)}: {m.group(1)}' for p, t in texts.items() for m in path.finditer(t)
+            if not (root / m.group(1)).exists()]
+    assert not bad, f'references to files that are not in the repository: {bad}'

@@ -12,7 +12,7 @@ from .config import convert as convert_value
 from .core import DataError, KernelsUnavailable, atomic_write, outputs_root, pin_threads
 from .data import build_datasets, dataset_roots, split_of
 from .splits import LABEL_VIEWS
-from .methods import METHODS, run_config
+from .methods import DEFAULT_METHOD, METHODS, run_config
 from .pipeline import PIPELINES, RoundFailed, RunInterrupted, load_config, run_rounds
 from .train import model_from_checkpoint, round_dir
 
@@ -246,9 +246,11 @@ def parser() -> argparse.ArgumentParser:
     "The `zls` argument parser."
     ap = argparse.ArgumentParser(prog='zls', description='Zero-label semantic segmentation by self-training.')
     sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
-    r = sub.add_parser('run', help='run STRICT rounds 0..N through papermill, then the report (resumable)',
-                       description='Run STRICT rounds 0..N into outputs/<name>/ and report. '
-                                   'Re-running the same command resumes.')
+    methods = ', '.join(METHODS)
+    r = sub.add_parser('run', help=f"run a method's rounds 0..N ({methods}) through papermill, then the report",
+                       description=f"Run rounds 0..N of a method ({methods}; default {DEFAULT_METHOD}, set with "
+                                   "--set method=NAME) into outputs/<name>/ and report. Ctrl-C stops it; "
+                                   're-running the same command resumes.')
     r.add_argument('--name', help='run folder name under the outputs root (default: shapes-default)')
     rounds_by_method = ', '.join(f'{n} {m.ROUNDS}' for n, m in METHODS.items())
     r.add_argument('--rounds', type=int, help=f'rounds after round 0 (default: by method; {rounds_by_method})')

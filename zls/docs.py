@@ -27,7 +27,7 @@ __all__ = ['page_name', 'doc_pages', 'exec_cells', 'myst_cells', 'render_nb', 'r
 
 # %% ../nbs/24_docs.ipynb #ec19ffa1
 def page_name(nb: Path, nbs: Path) -> str:
-    "The site page of notebook `nb` (no suffix), named as nbdev names it: `nbs/05_metrics.ipynb` -> `metrics`."
+    "The site page of notebook `nb` (no suffix), named as nbdev names it: `nbs/07_metrics.ipynb` -> `metrics`."
     return _nbpath2html(Path(nb).relative_to(nbs)).with_suffix('').as_posix()
 
 def doc_pages(nbs: str | Path) -> list[tuple[Path, str]]:

@@ -4,27 +4,61 @@
 
 # %% ../nbs/19_methods.ipynb #9b96d5fd
 from __future__ import annotations
+import inspect
 from types import ModuleType
+from typing import Protocol, runtime_checkable
 import pandas as pd
+import torch
 from . import fs4, pretrain, pseudoseg, strict, supervised
-from .config import COMMON, RunConfig, did_you_mean
+from .config import COMMON, RunConfig, Section, did_you_mean
 from .labeler import parse_views
+from .splits import Split
+from .train import Round
 
 # %% auto #0
-__all__ = ['METHODS', 'DEFAULT_METHOD', 'INTERFACE', 'get_method', 'owners', 'run_config', 'rounds_of', 'parameters']
+__all__ = ['INTERFACE', 'METHODS', 'DEFAULT_METHOD', 'Method', 'get_method', 'method_problems', 'owners', 'run_config',
+           'rounds_of', 'parameters']
 
 # %% ../nbs/19_methods.ipynb #02ed858c
-METHODS: dict[str, ModuleType] = dict(strict=strict, supervised=supervised, pseudoseg=pseudoseg, fs4=fs4,
-                                      pretrain=pretrain)
+@runtime_checkable
+class Method(Protocol):
+    "What the driver reads from a method's module: its section, its rounds, and the four calls of a round."
+    Config: type[Section]  # the method's own parameters
+    ROUNDS: int  # rounds after round 0 by default
+    MAX_ROUNDS: int | None  # the most rounds after round 0 it can make (None: no limit)
+    MULTI_PROCESS: bool  # whether a round may run under torchrun in several processes
+    ROUND0_OPTS: tuple  # its parameters that round 0 reads (a run may branch from a round 0 that agrees on them)
+    HIDES_UNSEEN: bool  # no label of an unseen class may reach training (the leak audit stops a round otherwise)
+    def class_matrix(self, cfg: RunConfig, split: Split) -> torch.Tensor: "The class embeddings its model scores."
+    def label_round(self, r: Round): "The round's pseudo-labels (None where it makes none)."
+    def train_round(self, r: Round) -> dict: "Train the round's student; resumes via its checkpoint."
+    def evaluate_round(self, r: Round) -> dict: "Evaluate and write `metrics.json` last."
+
+INTERFACE = (*Method.__annotations__, 'class_matrix', 'label_round', 'train_round', 'evaluate_round')
+METHODS: dict[str, Method] = dict(strict=strict, supervised=supervised, pseudoseg=pseudoseg, fs4=fs4, pretrain=pretrain)
 DEFAULT_METHOD = 'strict'
-# what the driver reads from a method module
-INTERFACE = ('Config', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN', 'class_matrix',
-             'label_round', 'train_round', 'evaluate_round')
 
 def get_method(name: str) -> ModuleType:
     "The module of method `name`."
     if name not in METHODS: raise ValueError(f"method={name!r} is invalid: expected one of {', '.join(METHODS)}")
     return METHODS[name]
+
+# %% ../nbs/19_methods.ipynb #95349623
+def method_problems(mod) -> list[str]:
+    "How module `mod` breaks the `Method` contract; empty where it keeps it."
+    out = [f'lacks {a}' for a in INTERFACE if not hasattr(mod, a)]
+    if out: return out
+    kinds = dict(ROUNDS=int, MULTI_PROCESS=bool, HIDES_UNSEEN=bool, ROUND0_OPTS=(tuple, list))
+    out += [f'{a}={getattr(mod, a)!r} is not a {t}' for a, t in kinds.items() if not isinstance(getattr(mod, a), t)]
+    if not (mod.MAX_ROUNDS is None or isinstance(mod.MAX_ROUNDS, int)): out.append('MAX_ROUNDS is not an int or None')
+    if not (isinstance(mod.Config, type) and issubclass(mod.Config, Section)): out.append('Config is not a Section')
+    elif not set(mod.ROUND0_OPTS) <= set(mod.Config.names()): out.append('ROUND0_OPTS names parameters outside Config')
+    for f, n in (('class_matrix', 2), ('label_round', 1), ('train_round', 1), ('evaluate_round', 1)):
+        ps = inspect.signature(getattr(mod, f)).parameters.values()
+        if sum(p.default is p.empty and p.kind == p.POSITIONAL_OR_KEYWORD for p in ps) != n:
+            out.append(f'{f} does not take {n} positional argument(s)')
+    return out
+
 
 # %% ../nbs/19_methods.ipynb #9be5c9f8
 def owners(name: str) -> list[str]:
