@@ -81,7 +81,7 @@ test-fast: setup
 
 # training, labeling and evaluation images/s on this machine's CPU under torch's own kernels: the small backbone at
 # 64 px on one thread and on all cores, DeepLabv3 ResNet-101 at crop 321, batch 2 (a few steps), and the small backbone
-# under the portable kernels where this CPU has them (an Intel CPU with AVX2); the README's speed table comes from
+# under the portable kernels where this CPU has them (an Intel CPU with AVX2); RESULTS.md's speed table comes from
 # results/speed_cpu.csv
 speed: setup
 	$(BIN)/zls speed --backbone small --crop 64 --batch 16 --steps 20 --device cpu --out results/speed_cpu.csv
@@ -109,7 +109,7 @@ gpu-check:
 	$(GPU_PYTHON) -m pip install -q --no-deps --no-build-isolation -e . || echo "gpu-check: pip could not install zls; using it from the checkout"
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m zls.cli gpu-check
 
-# the README's result tables, regenerated from results/*.csv (the tests check that they agree)
+# RESULTS.md's result tables (and the README's two), regenerated from results/*.csv (the tests check that they agree)
 results: setup
 	$(BIN)/zls results
 

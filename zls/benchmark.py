@@ -29,11 +29,11 @@ from .report import markdown_table, mean_std_table, rounds_table, run_summary, s
 
 # %% auto #0
 __all__ = ['ZERO', 'UNSUP', 'SSL_START', 'UNSUP_TARGETS', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'SHAPES_PS',
-           'SHAPES_PS_DEC', 'ENTRIES', 'METRICS', 'README_TABLES', 'GPU_NEEDS', 'Entry', 'semi', 'pick',
+           'SHAPES_PS_DEC', 'ENTRIES', 'METRICS', 'RESULT_TABLES', 'GPU_NEEDS', 'Entry', 'semi', 'pick',
            'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0', 'run_name', 'run_benchmark',
            'reported_round', 'benchmark_rows', 'kernels_of', 'unsupervised_rows', 'benchmark_table', 'plot_benchmark',
            'strict_seeds_table', 'strict_seed0_table', 'family_table', 'semi_table', 'multiscale_table',
-           'label_views_table', 'speed_table', 'unsupervised_table', 'ssl_start_table', 'update_readme', 'SyntheticSet',
+           'label_views_table', 'speed_table', 'unsupervised_table', 'ssl_start_table', 'update_tables', 'SyntheticSet',
            'speed', 'gpu_check']
 
 # %% ../nbs/21_benchmark.ipynb #fc1cb0da
@@ -363,7 +363,7 @@ def ssl_start_table(rows: pd.DataFrame) -> str:
                     'difference': _cell(y - x), 'seeds': len((y - x).dropna())})
     return markdown_table(pd.DataFrame(out).set_index('run'))
 
-README_TABLES = {'strict-seeds': ('strict_seeds.csv', strict_seeds_table),
+RESULT_TABLES = {'strict-seeds': ('strict_seeds.csv', strict_seeds_table),
                  'strict-seed0': ('strict_seeds.csv', strict_seed0_table),
                  'benchmark': ('benchmark.csv', family_table),
                  'semi-supervised': ('semi_supervised.csv', semi_table),
@@ -376,22 +376,22 @@ README_TABLES = {'strict-seeds': ('strict_seeds.csv', strict_seeds_table),
                  'ssl-start': ('ssl_start.csv', ssl_start_table)}
 _TABLE = re.compile(r'(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- /table -->)', re.S)
 
-def update_readme(readme, results, *, check: bool = False) -> list[str]:
-    "Regenerate the README's marked tables from `results/` (only compare if `check`); the names of those that differed."
-    readme, results = Path(readme), Path(results)
-    text, stale = readme.read_text(encoding='utf-8'), []
+def update_tables(path='RESULTS.md', results='results', *, check: bool = False) -> list[str]:
+    "Regenerate the marked tables of `path` from `results/` (only compare if `check`); the names of the stale ones."
+    path, results = Path(path), Path(results)
+    text, stale = path.read_text(encoding='utf-8'), []
     def regenerate(m):
         name = m.group(2)
-        if name not in README_TABLES:
-            raise ValueError(f'{readme}: unknown generated table {name!r}; known: {", ".join(README_TABLES)}')
-        csv, render = README_TABLES[name]
+        if name not in RESULT_TABLES:
+            raise ValueError(f'{path}: unknown generated table {name!r}; known: {", ".join(RESULT_TABLES)}')
+        csv, render = RESULT_TABLES[name]
         if not (results / csv).is_file():
-            raise FileNotFoundError(f'{results / csv} is missing; the README table {name!r} is generated from it')
+            raise FileNotFoundError(f'{results / csv} is missing; table {name!r} of {path.name} comes from it')
         table = render(pd.read_csv(results / csv)) + '\n'
         if m.group(3) != table: stale.append(name)
         return m.group(1) + table + m.group(4)
     new = _TABLE.sub(regenerate, text)
-    if stale and not check: atomic_write(readme, lambda p: Path(p).write_text(new, encoding='utf-8'))
+    if stale and not check: atomic_write(path, lambda p: Path(p).write_text(new, encoding='utf-8'))
     return stale
 
 # %% ../nbs/21_benchmark.ipynb #8f2d0b02

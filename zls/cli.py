@@ -146,12 +146,13 @@ def _fail(msg: str):
     raise SystemExit(1)
 
 def _cmd_results(args):
-    from zls.benchmark import update_readme
-    stale = update_readme(args.readme, args.results, check=args.check)
-    if args.check and stale:
-        _fail(f'{args.readme} disagrees with {args.results}/ in table(s) {stale}; run `zls results` to regenerate them')
-    print(f'{args.readme}: ' + ('tables agree with ' + str(args.results) if args.check else
-                                f"regenerated {stale or 'nothing (all tables were current)'}"))
+    from zls.benchmark import update_tables
+    for path in args.path or [str(PIPELINES.parent / f) for f in ('RESULTS.md', 'README.md')]:
+        stale = update_tables(path, args.results, check=args.check)
+        if args.check and stale:
+            _fail(f'{path} disagrees with {args.results}/ in table(s) {stale}; run `zls results` to regenerate them')
+        print(f'{path}: ' + ('tables agree with ' + str(args.results) if args.check else
+                             f"regenerated {stale or 'nothing (all tables were current)'}"))
 
 def _run_of(ckpt: Path) -> Path:
     "The run folder of a round checkpoint (`<run>/round_<k>/train.pt`)."
@@ -319,10 +320,11 @@ def parser() -> argparse.ArgumentParser:
                                     'run on CUDA; fails at once where no GPU is visible.')
     gc.add_argument('--out', help='outputs root (default: $ZLS_OUTPUTS or <project>/outputs)')
     gc.set_defaults(fn=_cmd_gpu_check)
-    rs = sub.add_parser('results', help="regenerate the README's result tables from results/*.csv",
-                        description="Rewrite each generated table of the README from the CSV it names; --check only "
-                                    'compares (exit 1 if any differs).')
-    rs.add_argument('--readme', default=str(PIPELINES.parent / 'README.md'), help="the README (default: the project's)")
+    rs = sub.add_parser('results', help='regenerate the result tables of RESULTS.md and README.md from results/*.csv',
+                        description='Rewrite each generated table of RESULTS.md and README.md from the CSV it names; '
+                                    '--check only compares (exit 1 if any differs).')
+    rs.add_argument('--path', action='append', help="a file with generated tables, repeatable "
+                                                    "(default: the project's RESULTS.md and README.md)")
     rs.add_argument('--results', default=str(PIPELINES.parent / 'results'), help='the CSV folder (default: results/)')
     rs.add_argument('--check', action='store_true', help='compare only; write nothing')
     rs.set_defaults(fn=_cmd_results)

@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, Dataset
 from .core import IGNORE_INDEX, DataError, load_image, load_mask, voc_palette
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'check_ids', 'SegFolder', 'size_batches', 'normalize', 'denormalize', 'colorize',
-           'show_samples', 'file_md5', 'check_archive', 'unpack', 'download']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'COLOR_HUES', 'check_ids', 'SegFolder', 'size_batches', 'normalize', 'denormalize',
+           'colorize', 'show_samples', 'class_palette', 'file_md5', 'check_archive', 'unpack', 'download']
 
 # %% ../nbs/03_datasets.ipynb #5e9a1c02
 def check_ids(label: np.ndarray, valid_ids, path) -> np.ndarray:
@@ -134,11 +134,11 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/03_datasets.ipynb #860da9ba
 _PALETTE = voc_palette()
 
-def colorize(label) -> np.ndarray:
-    "A `(H, W)` label map (numpy or torch) as an `(H, W, 3)` uint8 RGB image in VOC's colours."
+def colorize(label, palette=None) -> np.ndarray:
+    "A `(H, W)` label map (numpy or torch) as an `(H, W, 3)` uint8 RGB image in VOC's colours (or `palette`'s)."
     m = label.cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
     if m.ndim != 2: raise ValueError(f'colorize expects a (H, W) label map, got shape {m.shape}')
-    return _PALETTE[m.astype(np.uint8)]
+    return (_PALETTE if palette is None else palette)[m.astype(np.uint8)]
 
 def show_samples(dataset, n: int = 8, *, names=None, ncols: int = 4, classes=None):
     "A figure of `n` items (or the ids in `names`) of `dataset`, images over their colourised masks."
@@ -167,6 +167,27 @@ def show_samples(dataset, n: int = 8, *, names=None, ncols: int = 4, classes=Non
         handles = [Patch(color=_PALETTE[i] / 255, label=classes[i] if i < len(classes) else 'void') for i in ids]
         fig.legend(handles=handles, loc='outside lower center', ncols=min(6, len(handles)), fontsize=8)
     return fig
+
+# %% ../nbs/03_datasets.ipynb #4303e6db
+import colorsys
+# hues, in degrees, of the colour words class names may carry (shapes: red, green, blue, yellow)
+COLOR_HUES = dict(red=0, orange=30, yellow=55, green=120, cyan=180, blue=225, purple=275, magenta=300, pink=330)
+
+def class_palette(classes, label_ids=None) -> np.ndarray:
+    "A `(256, 3)` palette: classes named by a colour word in shades of that hue, the rest in VOC's colours."
+    ids = list(range(len(classes))) if label_ids is None else list(label_ids)
+    pal = _PALETTE.copy()
+    words = [next((w for w in str(n).lower().replace('_', ' ').split() if w in COLOR_HUES), None) for n in classes]
+    if not any(words): return pal  # VOC, COCO-stuff, most folders: no colour words
+    for i, n in zip(ids, classes):  # dark, so that no hue is mistaken for it
+        if str(n).lower() == 'background': pal[i] = (48, 48, 48)
+    for w in dict.fromkeys(x for x in words if x):
+        mine = [i for i, x in zip(ids, words) if x == w]
+        for j, i in enumerate(mine):  # shades differ in value (bright to dark) and, alternately, in saturation
+            v = 1.0 - 0.45 * j / max(len(mine) - 1, 1)
+            s = 0.95 if j % 2 == 0 else 0.6
+            pal[i] = np.round(np.array(colorsys.hsv_to_rgb(COLOR_HUES[w] / 360, s, v)) * 255)
+    return pal
 
 # %% ../nbs/03_datasets.ipynb #7c2dabb3
 import hashlib, os, shutil, tarfile, tempfile, zipfile, urllib.error, urllib.request

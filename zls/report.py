@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.patches import Patch
 import torch
 from .core import IGNORE_INDEX, atomic_write, load_mask
-from .datasets import colorize, normalize
+from .datasets import class_palette, colorize, normalize
 from .config import DataConfig
 from .data import build_datasets, split_of
 from .splits import Split
@@ -22,7 +22,7 @@ from .train import model_from_checkpoint
 # %% auto #0
 __all__ = ['SUMMARY_COLUMNS', 'RUN_COLUMNS', 'load_rounds', 'rounds_table', 'markdown_table', 'run_summary', 'run_setup',
            'run_rows', 'summarize_rows', 'summarize_runs', 'mean_std_table', 'plot_rounds', 'plot_pseudo_quality',
-           'plot_curves', 'to_label_ids', 'example_grid', 'save_report']
+           'plot_curves', 'unscored', 'to_label_ids', 'example_grid', 'save_report']
 
 # %% ../nbs/14_report.ipynb #f4646cc5
 def load_rounds(run_dir) -> list[dict]:
@@ -175,6 +175,11 @@ def plot_curves(run_dir, *, smooth: int = 25):
     axs[1].set_ylim(bottom=0)
     return _legend_outside(fig, axs)
 
+# %% ../nbs/14_report.ipynb #b27ddf23
+def unscored(pred, truth) -> np.ndarray:
+    "A predicted label map with `IGNORE_INDEX` wherever the truth has it: the pixels no metric counts."
+    return np.where(np.asarray(truth) == IGNORE_INDEX, IGNORE_INDEX, np.asarray(pred)).astype(np.uint8)
+
 # %% ../nbs/14_report.ipynb #08c969c5
 def to_label_ids(m, split: Split) -> np.ndarray:
     "Model-index maps back to dataset label ids, for colouring."
@@ -188,6 +193,7 @@ def example_grid(run_dir, *, n: int = 6, image_set: str = 'train'):
     rounds = load_rounds(run_dir)
     data = DataConfig.pick(rounds[-1]['params'])
     split = split_of(data)
+    pal = class_palette(split.classes, split.label_ids)  # shapes: 'red cross' in a red
     ds = dict(zip(('train', 'val'), build_datasets(data)))[image_set]
     models = [model_from_checkpoint(Path(run_dir) / f"round_{m['round']}" / 'train.pt') for m in rounds]
     cols = ['image', 'truth']
@@ -199,7 +205,7 @@ def example_grid(run_dir, *, n: int = 6, image_set: str = 'train'):
         it = ds[int(i)]
         truth = split.encode(it['label'], train=False)
         ids_of = [to_label_ids(truth, split)]
-        panels = [it['image'].permute(1, 2, 0).numpy(), colorize(ids_of[0])]
+        panels = [it['image'].permute(1, 2, 0).numpy(), colorize(ids_of[0], pal)]
         titles = ['image', 'truth']
         for m, model in zip(rounds, models):
             k = m['round']
@@ -208,11 +214,12 @@ def example_grid(run_dir, *, n: int = 6, image_set: str = 'train'):
                 png = pdir / f"{it['name']}.png"
                 if png.exists():
                     ids_of.append(to_label_ids(load_mask(png), split))
-                    panels.append(colorize(ids_of[-1]))
+                    panels.append(colorize(ids_of[-1], pal))
                 else: panels.append(np.zeros_like(panels[1]))
                 titles.append(f'pseudo r{k}')
-            ids_of.append(to_label_ids(model(normalize(it['image'][None])).argmax(1)[0], split))
-            panels.append(colorize(ids_of[-1]))
+            pred = to_label_ids(model(normalize(it['image'][None])).argmax(1)[0], split)
+            ids_of.append(unscored(pred, ids_of[0]))  # drawn as in the truth where nothing is scored
+            panels.append(colorize(ids_of[-1], pal))
             titles.append(f'pred r{k}')
         for ax, im, ti in zip(row, panels, titles):
             ax.imshow(im)
@@ -220,8 +227,8 @@ def example_grid(run_dir, *, n: int = 6, image_set: str = 'train'):
             ax.axis('off')
         shown |= {int(v) for v in np.unique(np.stack(ids_of))}
     names = dict(zip(split.label_ids, split.classes))
-    handles = [Patch(color=colorize(np.array([[i]]))[0, 0] / 255, label=names[i]) for i in sorted(shown) if i in names]
-    handles.append(Patch(color=colorize(np.array([[IGNORE_INDEX]]))[0, 0] / 255, label='unlabeled / not scored'))
+    handles = [Patch(color=pal[i] / 255, label=names[i]) for i in sorted(shown) if i in names]
+    handles.append(Patch(color=pal[IGNORE_INDEX] / 255, label='unlabeled / not scored'))
     fig.tight_layout()
     fig.legend(handles=handles, loc='upper center', bbox_to_anchor=(0.5, 0), ncol=min(4, len(handles)), fontsize=7,
                frameon=False)  # below the grid: each colour's class
