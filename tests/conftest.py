@@ -1,6 +1,8 @@
-"""Shared by the test files: the tiny size of a test run, and one finished tiny STRICT run that tests read or copy."""
+"""Shared by the test files: the tiny size of a test run, `zls` run in-process, and one finished tiny STRICT run."""
+import contextlib, io
 from pathlib import Path
 import pytest
+from zls.cli import main
 from zls.pipeline import run_rounds
 
 # small enough for seconds per round on 2 cores, big enough that every unseen class occurs
@@ -17,3 +19,12 @@ def strict_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp('shared')
     run_rounds('tiny', rounds=1, out_root=out, data_root=str(out / 'data'), **TINY)
     return out / 'tiny'
+
+
+def cli(*argv) -> tuple[int, str, str]:
+    "Run `zls` in this process: exit code, stdout, stderr."
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: code = main([str(a) for a in argv])
+        except SystemExit as e: code = e.code
+    return code, out.getvalue(), err.getvalue()

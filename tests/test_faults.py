@@ -3,29 +3,19 @@
 Exit code 2 means a parameter (or path argument) to fix, 1 a data error, a failed round or a full disk. Each case
 that touches an existing run checks that every file the run had produced is byte-identical afterwards.
 """
-import contextlib, errno, hashlib, io, json, os, shutil, subprocess, sys
+import errno, hashlib, json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
-from zls.cli import main
 from zls.core import load_mask, save_mask
 from zls.methods import METHODS
 from zls.shapes import make_shapes
-from conftest import TINY
+from conftest import TINY, cli
 
 ZLS = str(Path(sys.executable).parent / 'zls')
 
 
 def sets(**params) -> list[str]:
     return [a for k, v in params.items() for a in ('--set', f'{k}={v}')]
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    "Run `zls` in this process: exit code, stdout, stderr."
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: code = main([str(a) for a in argv])
-        except SystemExit as e: code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def zls(*argv, env=None) -> subprocess.CompletedProcess:

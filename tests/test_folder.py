@@ -1,24 +1,15 @@
 """Your own data: `zls data check folder` names every problem of a folder once, with its count; a folder runs."""
-import contextlib, io, json, re, shutil, subprocess, sys
+import json, re, shutil, subprocess, sys
 from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from zls.cli import main
 from zls.core import load_mask, save_mask
 from zls.folder import make_mini_folder
+from conftest import cli
 
 ZLS = str(Path(sys.executable).parent / 'zls')
 UNSEEN = 'blue square'  # of the miniature's background, red circle, red square, blue circle, blue square
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    "Run `zls` in this process: exit code, stdout, stderr."
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: code = main([str(a) for a in argv])
-        except SystemExit as e: code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope='module')
