@@ -26,6 +26,7 @@ def test_mat_round_trip_through_loader(tmp_path, mini):
     test_eq_arr(ds[i]['label'].numpy(), load_sbd_mat(sr / 'cls/2008_000006.mat'))
     assert IGNORE_INDEX not in ds[i]['label'] and ds[i]['label'].max() <= 20
     assert IGNORE_INDEX in ds[ds.names.index('2008_000000')]['label']  # VOC's png wins for ids in both
+    for i in range(len(ds)): assert torch.equal(ds.label(i), ds[i]['label'])  # the label alone, png or .mat
 
 
 def test_train_aug_logic(mini):

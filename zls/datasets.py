@@ -79,6 +79,12 @@ class SegFolder(Dataset):
         it = self.cache[i]
         return dict(image=it['image'].clone(), label=it['label'].clone(), name=it['name'])  # callers may write
 
+    def label(self, i: int) -> torch.Tensor:
+        "The label map of item `i` alone, no image decoded: what a pass over a whole set's labels reads."
+        if self.cache is not None and i in self.cache: return self.cache[i]['label'].clone()
+        mp = self.mask_path(self.names[i])
+        return torch.from_numpy(check_ids(self.read_label(mp), self.valid_ids, mp).copy())
+
     def read(self, i: int) -> dict:
         "Item `i` decoded from its files."
         name = self.names[i]

@@ -16,6 +16,7 @@ from .data import build_datasets
 from .distributed import barrier, cleanup, init_distributed, is_main
 from .methods import METHODS, rounds_of, run_config
 from .report import rounds_table
+from .model import IMAGENET
 from .train import Round, make_round, round_dir
 
 # %% auto #0
@@ -65,10 +66,10 @@ def run_threads(tc: TrainConfig) -> int:
     "A run's torch threads per process: `threads`, or for 0 the cores torch would use, shared among `nproc`."
     return tc.threads or max(1, default_threads() // tc.nproc)
 
-def check_provenance(old: dict, new: dict) -> list[str]:
-    "What differs between the provenance a run was started (or last resumed) under and today's, as notes."
-    return [f'{k} {old[k]!r} -> {new.get(k)!r}' for k in NUMERIC_PROVENANCE + RECORDED_PROVENANCE
-            if k in old and old[k] != new.get(k)]
+def check_provenance(old: dict, new: dict) -> dict[str, str]:
+    "What differs between the provenance a run was started (or last resumed) under and today's: entry -> note."
+    return {k: f'{k} {old[k]!r} -> {new.get(k)!r}' for k in NUMERIC_PROVENANCE + RECORDED_PROVENANCE
+            if k in old and old[k] != new.get(k)}
 
 def record_config(run_dir: Path, cfg: RunConfig, rounds: int) -> dict:
     "Write `run.json` (configuration, rounds, provenance), refusing a run folder made with other values."
@@ -82,8 +83,8 @@ def record_config(run_dir: Path, cfg: RunConfig, rounds: int) -> dict:
         rec = json.loads(path.read_text())
         moves = rec.get('moves', [])
         if notes := check_provenance(rec.get('provenance', {}), prov):
-            moves = [*moves, '; '.join(notes)]
-            exact = not set(n.split()[0] for n in notes) & set(NUMERIC_PROVENANCE)
+            moves = [*moves, '; '.join(notes.values())]
+            exact = not set(notes) & set(NUMERIC_PROVENANCE)
             print(f"note: resuming {run_dir.name} under {moves[-1]}" +
                   ('' if exact else ' (its numbers may move within the seeds\' spread: exact resume needs the '
                    'setup it started under)'), flush=True)
@@ -136,7 +137,7 @@ PATH_PARAMS = ('data_root', 'emb_path', 'pretrained_backbone', 'init_from')
 
 def absolute_paths(p: dict) -> dict:
     "Path parameters made absolute against the working directory, since rounds run inside the run folder."
-    path = lambda k, v: k in PATH_PARAMS and v and not (k == 'pretrained_backbone' and v == 'imagenet')  # a name
+    path = lambda k, v: k in PATH_PARAMS and v and not (k == 'pretrained_backbone' and v == IMAGENET)  # a name
     return {k: str(Path(v).resolve()) if path(k, v) else v for k, v in p.items()}
 
 # %% ../nbs/20_pipeline.ipynb #7124e742

@@ -326,13 +326,13 @@ def leak_audit(train_set, split: Split, *, hides_unseen: bool = True) -> dict:
     "Training target pixels that carry an unseen class (must be 0 where the method hides them), images holding one."
     unseen = np.isin(np.arange(256), split.unseen_idx.numpy())
     to_unseen = {t: unseen[split.lut(hide_unseen=t)] for t in (True, False)}  # dataset ids whose target is unseen
+    label = getattr(train_set, 'label', None) or (lambda i: train_set[i]['label'])  # labels alone where it can
     leaked, holding, examples = 0, 0, []
     for i in range(len(train_set)):
-        item = train_set[i]
-        hist = np.bincount(np.asarray(item['label'], dtype=np.uint8).ravel(), minlength=256)  # pixels per dataset id
+        hist = np.bincount(np.asarray(label(i), dtype=np.uint8).ravel(), minlength=256)  # pixels per dataset id
         holding += bool(hist[to_unseen[False]].any())
         n = int(hist[to_unseen[True]].sum()) if hides_unseen else 0
-        if n: examples.append(item['name'])
+        if n: examples.append(train_set[i]['name'])
         leaked += n
     return dict(hides_unseen=hides_unseen, unseen_target_pixels=leaked if hides_unseen else None,
                 images_with_unseen=holding, images=len(train_set), leak_examples=examples[:3])
@@ -434,6 +434,7 @@ def make_round(cfg: RunConfig, *, run_dir, k: int, class_matrix, generator_ckpt=
 def write_metrics(r: Round, res: dict) -> dict:
     "Write a round's `metrics.json` (rank 0 only), the file that marks the round as finished."
     if r.audit: res.setdefault('audit', r.audit)  # every method's metrics.json: what training saw of unseen classes
+    res.setdefault('setup', dict(threads=torch.get_num_threads(), kernels=kernels_signature()))  # what it ran under
     if is_main():
         atomic_write(r.dir / 'metrics.json', lambda f: Path(f).write_text(json.dumps(res, indent=1, default=float)))
     return res
@@ -445,8 +446,7 @@ def evaluate_round(r: Round, *, extra=None) -> dict:
     views = parse_views(ev.eval_views) if ev.eval_views else None
     cms = evaluate(model_from_checkpoint(ck), r.val_set, r.split, gammas=(0.0, ev.gamma), views=views,
                    batch_size=ev.eval_batch, device=r.device)
-    res = dict(round=r.k, params=r.cfg.flat(), times=r.times,
-               setup=dict(threads=torch.get_num_threads(), kernels=kernels_signature()))  # what it ran under
+    res = dict(round=r.k, params=r.cfg.flat(), times=r.times)
     for g, name in ((0.0, 'plain'), (ev.gamma, 'calibrated'), ('views', 'views')):
         if g not in cms: continue
         res[name] = summarize(cms[g], r.split)

@@ -132,6 +132,15 @@ class VOCSegmentation(Dataset):
         return dict(image=torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(), label=torch.from_numpy(label),
                     name=name)
 
+    def label(self, i: int) -> torch.Tensor:
+        "The label map of item `i` alone (VOC's PNG, else SBD's .mat), no image decoded."
+        name = self.names[i]
+        if (self.voc.mask_dir / f'{name}.png').is_file(): return self.voc.label(i)
+        mp = self.sbd_root / 'cls' / f'{name}.mat'
+        if not mp.is_file():
+            raise FileNotFoundError(f'label of id {name!r} not found: neither {self.voc.mask_dir / name}.png nor {mp}')
+        return torch.from_numpy(check_ids(load_sbd_mat(mp), self.voc.valid_ids, mp))
+
     @property
     def labeled_pool(self) -> list[str]:
         "Names that may carry labels in a semi-supervised run: the clean VOC `train` images (1,464), as in PseudoSeg."
