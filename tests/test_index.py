@@ -1,4 +1,4 @@
-"""The newcomer's map: index.ipynb's page table names every notebook in nbs/, with the module it exports."""
+"""The newcomer's map: index.ipynb's page tables name every notebook under nbs/, with the module it exports."""
 import json, re
 from pathlib import Path
 
@@ -26,10 +26,24 @@ def module(nb: Path) -> str | None:
 
 
 def page_table() -> dict[str, str]:
-    "index.ipynb's page table: page -> module cell, names normalised."
-    md = next(s for s in cells(NBS / 'index.ipynb') if '| page | module |' in s)
-    rows = [l.strip('|').split('|') for l in md.splitlines() if l.startswith('| ') and not l.startswith('| page ')]
+    "index.ipynb's page tables (every table headed `| page | module |`): page -> module cell, names normalised."
+    rows, table = [], False
+    for line in '\n'.join(cells(NBS / 'index.ipynb')).splitlines():
+        if line.startswith('| page | module |'): table = True
+        elif not line.startswith('|'): table = False
+        elif table and line.startswith('| '): rows.append(line.strip('|').split('|'))
     return {norm(r[0]): r[1].strip().strip('`') for r in rows}
+
+
+def notebooks() -> list[Path]:
+    "Every notebook under nbs/ but index.ipynb, subfolders (nbs/experiments/) included, `_`/`.` folders left out."
+    return [nb for nb in sorted(NBS.rglob('*.ipynb'))
+            if nb != NBS / 'index.ipynb' and not any(p[0] in '_.' for p in nb.relative_to(NBS).parts)]
+
+
+def kind(nb: Path) -> str:
+    "The module cell a notebook's row must have: its module, `(an experiment)` under nbs/experiments/, else a lesson."
+    return module(nb) or ('(an experiment)' if nb.parent.name == 'experiments' else '(a lesson)')
 
 
 def names(nb: Path) -> set[str]:
@@ -40,7 +54,8 @@ def names(nb: Path) -> set[str]:
 
 def test_every_notebook_in_the_page_table():
     table = page_table()
-    nbs = [nb for nb in sorted(NBS.glob('*.ipynb')) if nb.stem != 'index']
+    nbs = notebooks()
+    assert any(nb.parent.name == 'experiments' for nb in nbs)
     missing = [nb.name for nb in nbs if not names(nb) & table.keys()]
     assert not missing, f'index.ipynb\'s page table leaves out {missing}'
     assert len(table) == len(nbs), f'{len(table)} pages in the table, {len(nbs)} notebooks'
@@ -48,7 +63,6 @@ def test_every_notebook_in_the_page_table():
 
 def test_page_table_names_each_module():
     table = page_table()
-    for nb in sorted(NBS.glob('*.ipynb')):
-        if nb.stem == 'index': continue
+    for nb in notebooks():
         page = next(iter(names(nb) & table.keys()))
-        assert table[page] == (module(nb) or '(a lesson)'), f'{nb.name}: table says {table[page]!r}'
+        assert table[page] == kind(nb), f'{nb.name}: table says {table[page]!r}'

@@ -2,7 +2,7 @@
 import re, subprocess, sys
 from pathlib import Path
 import pandas as pd
-from zls.benchmark import RESULT_TABLES, update_tables
+from zls.tables import RESULT_TABLES, update_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 ZLS = str(Path(sys.executable).parent / 'zls')

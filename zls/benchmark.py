@@ -4,37 +4,25 @@
 
 # %% ../nbs/21_benchmark.ipynb #2dbfcd03
 from __future__ import annotations
-import json, re, shutil, time
+import json, shutil, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
-import tempfile
-import torch
-from torch.utils.data import Dataset
-from .core import atomic_write, get_device, kernels_signature, outputs_root, pin_threads
-from .config import TrainConfig
-from .data import LabeledSet
-from .datasets import normalize, size_batches
-from .embeddings import class_embeddings
-from .labeler import label_offline, parse_views
-from .model import build_model
-from .splits import get_split
+from .core import outputs_root
 from .config import RunConfig
 from .methods import METHODS, run_config
 from .pipeline import load_config, run_rounds
-from .train import evaluate, round_dir, train
-from .report import markdown_table, mean_std_table, rounds_table, run_summary, summarize_rows
+from .round import round_dir
+from .report import rounds_table
+from .tables import PS_METRICS
 
 # %% auto #0
 __all__ = ['ZERO', 'UNSUP', 'SSL_START', 'UNSUP_TARGETS', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'SHAPES_PS',
-           'SHAPES_PS_DEC', 'ENTRIES', 'METRICS', 'RESULT_TABLES', 'GPU_NEEDS', 'Entry', 'semi', 'pick',
-           'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0', 'run_name', 'run_benchmark',
-           'reported_round', 'benchmark_rows', 'kernels_of', 'unsupervised_rows', 'benchmark_table', 'plot_benchmark',
-           'strict_seeds_table', 'strict_seed0_table', 'family_table', 'semi_table', 'multiscale_table',
-           'label_views_table', 'speed_table', 'unsupervised_table', 'ssl_start_table', 'update_tables', 'SyntheticSet',
-           'speed', 'gpu_check']
+           'SHAPES_PS_DEC', 'ZERO_ENTRIES', 'SEMI_ENTRIES', 'UNSUP_ENTRIES', 'SSL_ENTRIES', 'ENTRIES', 'Entry', 'semi',
+           'pick', 'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0', 'run_name', 'run_benchmark',
+           'reported_round', 'benchmark_rows', 'kernels_of', 'unsupervised_rows', 'plot_benchmark']
 
 # %% ../nbs/21_benchmark.ipynb #fc1cb0da
 @dataclass
@@ -51,6 +39,7 @@ class Entry:
     init: str | None = None  # the entry whose round-0 checkpoint starts this run (init_from), same seed
     view: str | None = None  # the label view an unsupervised entry's clusters are scored on (its K fits it)
 
+# %% ../nbs/21_benchmark.ipynb #f8375343
 ZERO, UNSUP = 'zero-label (12 seen / 4 unseen)', 'unsupervised (no labels)'
 SSL_START = 'self-supervised start (init_from a pretraining run)'
 UNSUP_TARGETS = dict(colour=5, objects=2, classes=17)  # label view -> its class count on shapes (= K)
@@ -68,13 +57,18 @@ def semi(n: int, **params) -> dict:
     "Parameters of a semi-supervised entry with `n` of the 2,000 `shapes` training images labelled."
     return dict(background='seen', label_fraction=n / 2000, **params)
 
-ENTRIES = (
+# %% ../nbs/21_benchmark.ipynb #68ebcf0b
+ZERO_ENTRIES = (
     Entry('spnet', 'SPNet baseline (round 0)', ZERO, reads='strict', report_round=0),
     Entry('self-training', 'self-training, no consistency (identity view)', ZERO, dict(views='identity'), 2,
           branch='strict'),
     Entry('strict', 'STRICT (intersection of views)', ZERO, dict(), 2),
     Entry('strict-top-p', 'STRICT + top-p 25%', ZERO, dict(top_p=25.0), 2, branch='strict'),
     Entry('supervised-full', 'fully supervised (upper bound)', ZERO, dict(method='supervised', label_fraction=1.0), 0),
+)
+
+# %% ../nbs/21_benchmark.ipynb #ecfbf415
+SEMI_ENTRIES = (
     *(e for n in SEMI_COUNTS for e in (
         Entry(f'supervised-{n}', f'supervised only, {n} labelled (step-matched)', SEMI[n],
               semi(n, method='supervised'), 0),
@@ -87,6 +81,10 @@ ENTRIES = (
           semi(31, method='pseudoseg', ps_strong=False, **SHAPES_PS), 0),
     *(Entry(f'pseudoseg-{n}-dec', f'PseudoSeg, decoder softmax >= 0.95, {n} labelled', SEMI[n],
             semi(n, method='pseudoseg', **SHAPES_PS_DEC), 0) for n in SEMI_COUNTS),
+)
+
+# %% ../nbs/21_benchmark.ipynb #4de72bc2
+UNSUP_ENTRIES = (
     Entry('kmeans', 'k-means on random-init features', UNSUP, reads='fs4', report_round=0, view='classes'),
     Entry('fs4', 'FS^4 (round 1)', UNSUP, dict(method='fs4'), 1, view='classes'),
     *(e for v, K in UNSUP_TARGETS.items() if v != 'classes' for e in (
@@ -98,6 +96,10 @@ ENTRIES = (
       for v, K in UNSUP_TARGETS.items()),
     Entry('fs4-ssl-colour-cae', 'FS^4 (round 1), self-supervised start, context-aware embedding r=1', UNSUP,
           dict(method='fs4', n_clusters=5, fs4_context_radius=1), 1, init='pretrain', view='colour'),
+)
+
+# %% ../nbs/21_benchmark.ipynb #297bafe4
+SSL_ENTRIES = (
     # STRICT from each start, rounds 0 and 2; the random start is the zero-label block's STRICT run itself
     Entry('spnet-r0', 'SPNet baseline (round 0), random init', SSL_START, reads='strict', report_round=0),
     Entry('strict-r2', 'STRICT round 2, random init', SSL_START, reads='strict', report_round=2),
@@ -110,6 +112,9 @@ ENTRIES = (
           semi(16, method='pseudoseg', **SHAPES_PS), 0, init='pretrain'),
 )
 
+ENTRIES = (*ZERO_ENTRIES, *SEMI_ENTRIES, *UNSUP_ENTRIES, *SSL_ENTRIES)
+
+# %% ../nbs/21_benchmark.ipynb #d08f42cc
 def pick(keys: str, entries=ENTRIES) -> tuple[Entry, ...]:
     "The entries named in a comma list (with the entries they read, branch or start from, and theirs), or all for ''."
     if not keys: return tuple(entries)
@@ -138,6 +143,7 @@ def param_diff(src: Path, params: dict, *, round0: bool = False) -> list[str]:
     a, b = (round0_identity(theirs), round0_identity(mine)) if round0 else (theirs.identity(), mine.identity())
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
+# %% ../nbs/21_benchmark.ipynb #c76f8899
 def adopt_rounds(src: Path, dst: Path, rounds) -> list[int]:
     "Copy the finished `rounds` of run `src` that `dst` lacks, each whole or not at all; returns those copied."
     src, dst, done = Path(src), Path(dst), []
@@ -186,6 +192,7 @@ def run_benchmark(seeds=(0, 1, 2), *, name: str = 'benchmark', out_root=None, en
             print(f'{dst.name}: {time.time() - t0:.0f} s', flush=True)
     return benchmark_rows(root, seeds, entries=entries)
 
+# %% ../nbs/21_benchmark.ipynb #8b8037a3
 def reported_round(root, e: Entry, seed: int, entries=ENTRIES) -> tuple[int, pd.Series, dict, float]:
     "The round entry `e` reports for `seed`: its index, its row of `rounds_table`, its metrics.json, the run's minutes."
     src = next(x for x in entries if x.key == e.reads) if e.reads else e
@@ -204,13 +211,15 @@ def benchmark_rows(root, seeds, *, entries=ENTRIES) -> pd.DataFrame:
             score = m['views'][e.view] if e.view else r  # clusters: scored on the view their K was made for
             rows.append(dict(setting=e.setting, method=e.label, key=e.key, seed=seed, round=k, seen=r['seen'],
                              unseen=r['unseen'], hIoU=r['hIoU'], mIoU=score['mIoU'], pixel_acc=score['pixel_acc'],
-                             pseudo_mIoU=pseudo.get('pseudo_mIoU', np.nan), minutes=minutes, kernels=kernels_of(m)))
+                             pseudo_mIoU=pseudo.get('pseudo_mIoU', np.nan), minutes=minutes, kernels=kernels_of(m),
+                             **{k: pseudo.get(k, np.nan) for k in PS_METRICS}))
     return pd.DataFrame(rows)
 
 def kernels_of(metrics: dict) -> str:
     "The CPU kernels (native / portable) a round ran under; rounds from before zls recorded it ran the portable set."
     return (metrics.get('setup') or {}).get('kernels', 'portable').split(' ')[0]
 
+# %% ../nbs/21_benchmark.ipynb #ac971b19
 def unsupervised_rows(root, seeds, *, entries=ENTRIES) -> pd.DataFrame:
     "Long rows (partition, view, K, seed, mIoU, pixel_acc, fg_IoU, minutes) of the unsupervised entries and references."
     rows = []
@@ -238,21 +247,6 @@ def unsupervised_rows(root, seeds, *, entries=ENTRIES) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 # %% ../nbs/21_benchmark.ipynb #452f7fb8
-METRICS = ('seen', 'unseen', 'hIoU', 'mIoU', 'pixel_acc', 'pseudo_mIoU')
-
-def benchmark_table(rows: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
-    "'mean ± std' per entry over seeds, in benchmark order, with the round reported and minutes per run."
-    order = list(dict.fromkeys(rows['key']))
-    g = rows.groupby('key', sort=False)
-    fmt = lambda s: '–' if s.isna().all() else f'{s.mean():.{digits}f} ± {s.std(ddof=0):.{digits}f}'
-    out = pd.DataFrame({m: g[m].agg(fmt) for m in METRICS})
-    out.insert(0, 'method', g['method'].first())
-    out.insert(0, 'setting', g['setting'].first())
-    out['round'] = g['round'].first()
-    out['minutes'] = g['minutes'].mean().round(1)
-    out['seeds'] = g.size()
-    return out.loc[order].reset_index(drop=True)
-
 def plot_benchmark(rows: pd.DataFrame):
     "One panel per setting: its headline metric per method, mean and std over seeds."
     head = {ZERO: ['seen', 'unseen', 'hIoU'], UNSUP: ['mIoU', 'pixel_acc'], ABLATION: ['mIoU'],
@@ -273,236 +267,3 @@ def plot_benchmark(rows: pd.DataFrame):
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
-
-# %% ../nbs/21_benchmark.ipynb #7d3e0a02
-def strict_seeds_table(rows: pd.DataFrame) -> str:
-    "Mean ± std per round over the runs of a `run_rows` CSV (STRICT's seeds)."
-    t = mean_std_table(summarize_rows(rows))
-    t.index = pd.Index([f'{k} (zero-label baseline)' if k == 0 else str(k) for k in t.index], name='round')
-    t.columns = ['seen', 'unseen', 'hIoU', 'pseudo-label precision, intersection',
-                 'pseudo-label precision, single view']
-    return markdown_table(t)
-
-def strict_seed0_table(rows: pd.DataFrame) -> str:
-    "The first run's rounds as `zls run` prints them (timing aside): `make run`'s numbers."
-    first = rows[rows['run'] == rows['run'].iloc[0]].drop(columns='run').set_index('round')
-    return markdown_table(run_summary(first, minutes=False))
-
-def family_table(rows: pd.DataFrame) -> str:
-    "The benchmark's table of its rows."
-    return markdown_table(benchmark_table(rows).set_index('setting'))
-
-def semi_table(rows: pd.DataFrame) -> str:
-    "The semi-supervised rows' table (no seen/unseen split: every class has labels)."
-    return markdown_table(benchmark_table(rows).drop(columns=['seen', 'unseen', 'hIoU']).set_index('setting'))
-
-def multiscale_table(rows: pd.DataFrame) -> str:
-    "Single-scale against multi-scale + flip evaluation per round, mean ± std over runs (rows of `zls eval --csv`)."
-    single = rows[rows['evaluation'] == 'gamma 0.0'].set_index(['run', 'round'])
-    multi = rows[rows['evaluation'].str.startswith('views')].set_index(['run', 'round'])
-    out = {}
-    for metric in ('hIoU', 'mIoU'):
-        for name, v in (('single-scale', single[metric]), ('multi-scale + flip', multi[metric]),
-                        ('difference', multi[metric] - single[metric])):
-            g = v.groupby(level='round')
-            out[f'{metric}, {name}'] = [f'{m:.1f} ± {s:.1f}' for m, s in zip(g.mean(), g.std(ddof=0))]
-    t = pd.DataFrame(out, index=pd.Index(sorted(single.index.get_level_values('round').unique()), name='round'))
-    return markdown_table(t.assign(runs=single.groupby(level='round').size().values))
-
-def label_views_table(rows: pd.DataFrame) -> str:
-    "mIoU of each run read through the label views (rows of `zls eval --label-view --csv`), mean ± std over seeds."
-    d = rows.assign(entry=rows['run'].str.replace(r'-s\d+$', '', regex=True),
-                    view=rows['evaluation'].str.extract(r', (\w+) view$', expand=False).fillna('classes'))
-    g = d.groupby(['entry', 'view'], sort=False)['mIoU']
-    cell = (g.mean().round(1).astype(str) + ' ± ' + g.std(ddof=0).round(1).astype(str)).unstack('view')
-    cell = cell.reindex(index=list(dict.fromkeys(d['entry'])), columns=['classes', 'colour', 'shape'])
-    cell.columns = ['17 classes', 'colour (bg + 4)', 'shape (bg + 4)']
-    return markdown_table(cell.assign(seeds=d.groupby('entry', sort=False)['run'].nunique()).rename_axis('run'))
-
-def speed_table(rows: pd.DataFrame) -> str:
-    "Images/s per backbone and setting (rows of `zls speed`), with the labeler's and a self-training round's cost."
-    out = []
-    rows = rows.assign(kernels=rows['kernels'].str.split(' ').str[0])  # portable / native
-    keys = ['backbone', 'crop', 'batch', 'device', 'threads', 'kernels']
-    for (bb, crop, batch, dev, th, kern), d in rows.groupby(keys, sort=False):
-        ips = dict(zip(d['what'].str.split(' ').str[0], d['images_per_s']))
-        out.append({'backbone': bb, 'crop': crop, 'batch': batch, 'device': dev, 'threads': th, 'CPU kernels': kern,
-                    'train img/s': ips['train'], 'label img/s': ips['label'], 'bare forwards img/s': ips['bare'],
-                    'evaluate img/s': ips['evaluate'], 'labeler / forwards': d['labeler_vs_forwards'].iloc[0],
-                    'self-training / supervised round': d['self_training_ratio'].iloc[0]})
-    return markdown_table(pd.DataFrame(out).set_index('backbone'), digits=2)
-
-def _cell(v: pd.Series, digits: int = 1) -> str:
-    "'mean ± std' (population std) of a series, or '–' when it has no value."
-    v = v.dropna()
-    return '–' if v.empty else f'{v.mean():.{digits}f} ± {v.std(ddof=0):.{digits}f}'
-
-def unsupervised_table(rows: pd.DataFrame) -> str:
-    "Each partition's scores per label view (rows of `unsupervised_rows`), mean ± std over seeds."
-    cols = {('colour', 'mIoU'): 'colour (bg + 4): mIoU', ('colour', 'pixel_acc'): 'colour: pixel acc',
-            ('objects', 'fg_IoU'): 'objects: foreground IoU', ('objects', 'mIoU'): 'objects: mIoU',
-            ('classes', 'mIoU'): '17 classes: mIoU', ('classes', 'pixel_acc'): '17 classes: pixel acc'}
-    order = list(dict.fromkeys(rows['partition']))
-    out = pd.DataFrame({name: [_cell(rows[(rows.partition == p) & (rows.view == v)][m]) for p in order]
-                        for (v, m), name in cols.items()}, index=pd.Index(order, name='partition'))
-    out['seeds'] = [rows[rows.partition == p]['seed'].nunique() for p in order]
-    out['minutes'] = [_cell(rows[rows.partition == p]['minutes']) for p in order]
-    return markdown_table(out)
-
-def ssl_start_table(rows: pd.DataFrame) -> str:
-    "Random init against the self-supervised start (rows of the benchmark): headline metric, mean ± std over seeds."
-    pairs = (('spnet-r0', 'spnet-ssl', 'hIoU', 'STRICT round 0 (SPNet baseline)'),
-             ('strict-r2', 'strict-ssl', 'hIoU', 'STRICT round 2'),
-             ('supervised-16', 'supervised-16-ssl', 'mIoU', 'supervised only, 16 labelled'),
-             ('pseudoseg-16', 'pseudoseg-16-ssl', 'mIoU', 'PseudoSeg, 16 labelled'))
-    out = []
-    for a, b, metric, name in pairs:
-        x, y = (rows[rows.key == k].set_index('seed')[metric] for k in (a, b))
-        if x.empty or y.empty: continue
-        out.append({'run': name, 'metric': metric, 'random init': _cell(x), 'self-supervised start': _cell(y),
-                    'difference': _cell(y - x), 'seeds': len((y - x).dropna())})
-    return markdown_table(pd.DataFrame(out).set_index('run'))
-
-RESULT_TABLES = {'strict-seeds': ('strict_seeds.csv', strict_seeds_table),
-                 'strict-seed0': ('strict_seeds.csv', strict_seed0_table),
-                 'benchmark': ('benchmark.csv', family_table),
-                 'semi-supervised': ('semi_supervised.csv', semi_table),
-                 'semi-ablations': ('semi_ablations.csv', semi_table),
-                 'semi-decoder': ('semi_decoder.csv', semi_table),
-                 'multiscale': ('multiscale.csv', multiscale_table),
-                 'semi-label-views': ('semi_label_views.csv', label_views_table),
-                 'speed': ('speed_cpu.csv', speed_table),
-                 'unsupervised': ('unsupervised.csv', unsupervised_table),
-                 'ssl-start': ('ssl_start.csv', ssl_start_table)}
-_TABLE = re.compile(r'(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- /table -->)', re.S)
-
-def update_tables(path='RESULTS.md', results='results', *, check: bool = False) -> list[str]:
-    "Regenerate the marked tables of `path` from `results/` (only compare if `check`); the names of the stale ones."
-    path, results = Path(path), Path(results)
-    text, stale = path.read_text(encoding='utf-8'), []
-    def regenerate(m):
-        name = m.group(2)
-        if name not in RESULT_TABLES:
-            raise ValueError(f'{path}: unknown generated table {name!r}; known: {", ".join(RESULT_TABLES)}')
-        csv, render = RESULT_TABLES[name]
-        if not (results / csv).is_file():
-            raise FileNotFoundError(f'{results / csv} is missing; table {name!r} of {path.name} comes from it')
-        table = render(pd.read_csv(results / csv)) + '\n'
-        if m.group(3) != table: stale.append(name)
-        return m.group(1) + table + m.group(4)
-    new = _TABLE.sub(regenerate, text)
-    if stale and not check: atomic_write(path, lambda p: Path(p).write_text(new, encoding='utf-8'))
-    return stale
-
-# %% ../nbs/21_benchmark.ipynb #8f2d0b02
-class SyntheticSet(Dataset):
-    "`n` items `dict(image, label, name)` of side `size`: noise with a few class rectangles and void borders."
-    def __init__(self, n: int, size: int, n_classes: int, *, seed: int = 0):
-        self.n, self.size, self.n_classes, self.seed = n, size, n_classes, seed
-        self.names = [f'syn_{i:05d}' for i in range(n)]
-    def __len__(self) -> int: return self.n
-    def __getitem__(self, i: int) -> dict:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + i)
-        s = self.size
-        image = torch.randint(0, 256, (3, s, s), generator=g, dtype=torch.uint8)
-        label = torch.zeros(s, s, dtype=torch.uint8)
-        for _ in range(3):
-            y, x = torch.randint(0, s // 2, (2,), generator=g).tolist()
-            h, w = torch.randint(s // 8 + 1, s // 2 + 1, (2,), generator=g).tolist()
-            c = int(torch.randint(1, self.n_classes, (1,), generator=g))
-            label[y:y + h, x:x + w] = 255  # a void band around each object, as in VOC
-            label[y + 1:y + h - 1, x + 1:x + w - 1] = c
-            image[:, y:y + h, x:x + w] = torch.tensor([40 * (c % 6), 30 * (c % 8), 20 * (c % 12)])[:, None, None]
-        return dict(image=image, label=label, name=self.names[i])
-
-def _sync(device: torch.device):
-    if device.type == 'cuda': torch.cuda.synchronize(device)
-
-def _timed(fn, device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
-
-def speed(backbone: str = 'small', *, crop: int = 64, batch: int = 16, steps: int = 10, warmup: int = 3,
-          views: str = 'default', device=None, threads: int = 1, amp: bool = True, channels_last: bool = True,
-          compile: bool = False, n_label: int = 2000, round_steps: int = 1000) -> pd.DataFrame:
-    "Training, labeling (and its bare forwards) and evaluation images/s of `backbone` on synthetic data."
-    if min(crop, batch, steps) < 1 or warmup < 0:
-        raise ValueError(f'crop, batch and steps must be >= 1 and warmup >= 0; got crop={crop}, batch={batch}, '
-                         f'steps={steps}, warmup={warmup}')
-    pin_threads(threads)
-    device = get_device(device)
-    split = get_split('shapes')
-    torch.manual_seed(0)
-    model = build_model(backbone, class_embeddings(split.names, 'attributes')).to(device)
-    data = SyntheticSet(batch * steps, crop, len(split.classes))
-    opts = TrainConfig(batch_size=batch, crop=crop, device=str(device), amp=amp, channels_last=channels_last,
-                       compile=compile, ckpt_every=10**6, log_every=10**6)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        labeled = LabeledSet(data, split, range(len(data)))  # items with the training target
-        train(model, labeled, opts, iters=warmup + steps, seed=0, ckpt=tmp / 'speed.pt', progress=False)
-        step_s = pd.read_csv(tmp / 'train_log.csv')['step_s'].iloc[warmup:]
-        train_ips = batch / step_s.mean()
-        model.eval()
-        vs = parse_views(views)
-        x0 = normalize(torch.stack([data[i]['image'] for i in range(min(batch, len(data)))]).to(device))
-        with torch.no_grad():
-            for v in vs: model(v.apply(x0))  # warm-up of every view's shape
-        def forwards():
-            with torch.no_grad():
-                for items in size_batches(data, batch):
-                    x = normalize(torch.stack([it['image'] for it in items]).to(device))
-                    for v in vs: model(v.apply(x))
-        t_fwd = _timed(forwards, device)
-        t_lab = _timed(lambda: label_offline(model, data, split, tmp / 'pseudo', views=vs, batch_size=batch,
-                                             device=device, progress=False), device)
-        t_eval = _timed(lambda: evaluate(model, data, split, batch_size=batch, device=device), device)
-    n = len(data)
-    label_ips = n / t_lab
-    rows = [dict(what='train', images_per_s=train_ips),
-            dict(what=f'label ({views}, {len(vs)} views)', images_per_s=label_ips),
-            dict(what=f'bare forwards of the {len(vs)} views', images_per_s=n / t_fwd),
-            dict(what='evaluate', images_per_s=n / t_eval)]
-    out = pd.DataFrame(rows)
-    ratio = 1 + (n_label / label_ips) / (round_steps * batch / train_ips)
-    meta = dict(backbone=backbone, crop=crop, batch=batch, steps=steps, device=str(device), threads=threads,
-                amp=amp and device.type == 'cuda', channels_last=channels_last and device.type == 'cuda',
-                compile=compile, torch=torch.__version__, kernels=kernels_signature(),
-                labeler_vs_forwards=round(t_lab / t_fwd, 3),
-                self_training_ratio=round(ratio, 3))
-    return out.assign(**meta)
-
-# %% ../nbs/21_benchmark.ipynb #8f2d0b05
-GPU_NEEDS = ('numpy', 'PIL', 'pandas', 'matplotlib', 'seaborn', 'tqdm', 'torchvision')
-
-def gpu_check(out_root=None, *, backbone: str = 'deeplabv3_resnet101', crop: int = 321, batch: int = 8,
-              steps: int = 10) -> str:
-    "Speed of `backbone` and a tiny STRICT run on CUDA; one summary line (a RuntimeError where there is no GPU)."
-    import importlib.util
-    if not torch.cuda.is_available():
-        raise RuntimeError(f'gpu-check needs a CUDA GPU, and torch sees none here (torch {torch.__version__}, '
-                           f'CUDA build: {torch.version.cuda or "no"}); run it on a GPU machine')
-    missing = [m for m in GPU_NEEDS if importlib.util.find_spec(m) is None]
-    if missing: raise RuntimeError(f'gpu-check: this Python lacks {missing}, which zls imports; install them first')
-    from zls.pipeline import evaluate_round, label_round, prepare_round, train_round
-    root = outputs_root(out_root) / 'gpu-check'
-    sp = speed(backbone, crop=crop, batch=batch, steps=steps, device='cuda', amp=True, channels_last=True)
-    (root.parent / 'speed').mkdir(parents=True, exist_ok=True)
-    sp.to_csv(root.parent / 'speed' / f'speed-{backbone}-cuda.csv', index=False)
-    t0 = time.time()
-    shutil.rmtree(root, ignore_errors=True)  # a fresh tiny run each time
-    tiny = dict(n_train=64, n_val=32, iters0=60, iters=30, batch_size=16, eval_batch=32, embeddings='attributes',
-                device='cuda', data_root=str(root / 'data'))
-    for k in (0, 1):
-        r = prepare_round(tiny, run_dir=root / 'run', k=k)
-        label_round(r)
-        train_round(r)
-        m = evaluate_round(r)
-    ips = dict(zip(sp['what'], sp['images_per_s']))
-    return (f"gpu-check OK: {torch.cuda.get_device_name()}, torch {torch.__version__}: {backbone} crop {crop} batch "
-            f"{batch} bfloat16: train {ips['train']:.1f}, label {sp['what'][1]} {sp['images_per_s'][1]:.1f}, "
-            f"evaluate {ips['evaluate']:.1f} images/s; tiny STRICT rounds 0-1 on CUDA in {time.time() - t0:.0f} s, "
-            f"round 1 hIoU {m['plain']['hIoU']:.1f}")

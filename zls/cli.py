@@ -14,11 +14,15 @@ from .data import build_datasets, dataset_roots, split_of
 from .splits import LABEL_VIEWS
 from .methods import DEFAULT_METHOD, METHODS, run_config
 from .pipeline import PIPELINES, RoundFailed, RunInterrupted, load_config, run_rounds
-from .train import model_from_checkpoint, round_dir
+from .round import round_dir
+from .train import model_from_checkpoint
 
 # %% auto #0
-__all__ = ['CONFIGS', 'parameter_types', 'convert', 'config_names', 'config_path', 'read_config', 'apply_sets', 'run_params',
-           'check_report', 'parser', 'main']
+__all__ = ['CONFIGS', 'COMMANDS', 'parameter_types', 'convert', 'config_names', 'config_path', 'read_config', 'apply_sets',
+           'run_params', 'add_run', 'cmd_run', 'add_report', 'cmd_report', 'cmd_eval', 'add_eval', 'add_labels',
+           'cmd_labels', 'add_summary', 'cmd_summary', 'add_speed', 'cmd_speed', 'add_gpu_check', 'cmd_gpu_check',
+           'add_results', 'cmd_results', 'add_data_shapes', 'cmd_data_shapes', 'add_data_check', 'cmd_data_check',
+           'check_report', 'add_data_prepare', 'cmd_data_prepare', 'add_data', 'parser', 'main']
 
 # %% ../nbs/22_cli.ipynb #36e4bd92
 def parameter_types() -> dict[str, type]:
@@ -33,6 +37,7 @@ def convert(key: str, value: str):
                                           f'valid: {", ".join(types)}')
     return convert_value(key, types[key], value)
 
+# %% ../nbs/22_cli.ipynb #8c431384
 CONFIGS = PIPELINES / 'configs'
 
 def config_names() -> list[str]:
@@ -47,6 +52,7 @@ def config_path(spec: str) -> Path:
     raise ValueError(f'{spec!r} is neither a parameter file nor a configuration name; '
                      f'names: {", ".join(config_names())}')
 
+# %% ../nbs/22_cli.ipynb #20c5495f
 def read_config(spec) -> dict:
     "Run parameters from a JSON or YAML file or a shipped configuration's name (a flat mapping name: value)."
     import yaml
@@ -65,6 +71,7 @@ def read_config(spec) -> dict:
     if bad: raise ValueError(f'{path}: unknown parameter(s) {bad}{did_you_mean(bad, valid)}; valid: {", ".join(valid)}')
     return cfg
 
+# %% ../nbs/22_cli.ipynb #753628be
 def apply_sets(p: dict, sets) -> dict:
     "`p` updated by `--set key=value` pairs, each value converted to its parameter's type."
     for kv in sets or []:
@@ -82,14 +89,43 @@ def run_params(args) -> tuple[dict, str, int]:
     return p, args.name or name or 'shapes-default', args.rounds if args.rounds is not None else rounds
 
 # %% ../nbs/22_cli.ipynb #2cee4eeb
-def _cmd_run(args):
+def add_run(sub):
+    "`zls run [--name N] [--rounds R] [--config FILE] [--set KEY=VALUE ...] [--seed S] [--out DIR] ...`."
+    methods = ', '.join(METHODS)
+    r = sub.add_parser('run', help=f"run a method's rounds 0..N ({methods}) through papermill, then the report",
+                       description=f"Run rounds 0..N of a method ({methods}; default {DEFAULT_METHOD}, set with "
+                                   "--set method=NAME) into outputs/<name>/ and report. Ctrl-C stops it; "
+                                   're-running the same command resumes.')
+    r.add_argument('--name', help='run folder name under the outputs root (default: shapes-default)')
+    rounds_by_method = ', '.join(f'{n} {m.ROUNDS}' for n, m in METHODS.items())
+    r.add_argument('--rounds', type=int, help=f'rounds after round 0 (default: by method; {rounds_by_method})')
+    r.add_argument('--config', help='JSON or YAML file of parameters (see zls.methods.parameters(), plus name and '
+                                    "rounds), or a shipped configuration's name")
+    r.add_argument('--set', action='append', metavar='KEY=VALUE', help='override one parameter; repeatable')
+    r.add_argument('--seed', type=int, help='training seed (same as --set seed=N)')
+    r.add_argument('--out', help='outputs root (default: $ZLS_OUTPUTS or <project>/outputs)')
+    r.add_argument('--no-report', action='store_true', help='skip the report notebook')
+    r.set_defaults(fn=cmd_run)
+
+def cmd_run(args):
+    "`zls run`: a run's rounds through the driver, then its summary table and folder."
     p, name, rounds = run_params(args)
     from zls.report import markdown_table, run_summary
     table = run_rounds(name, rounds=rounds, out_root=args.out, report=not args.no_report, **p)
     print(markdown_table(run_summary(table)))
     print(f'run folder: {outputs_root(args.out) / name}')
 
-def _cmd_report(args):
+# %% ../nbs/22_cli.ipynb #ebff4f5b
+def add_report(sub):
+    "`zls report RUN [--examples N]`."
+    rep = sub.add_parser('report', help="(re)draw a run's table and figures",
+                         description="Execute the report notebook on a run folder.")
+    rep.add_argument('run', help='the run folder, e.g. outputs/shapes-default')
+    rep.add_argument('--examples', type=int, default=6, help='images in the example grids')
+    rep.set_defaults(fn=cmd_report)
+
+def cmd_report(args):
+    "`zls report`: the report notebook executed on a run folder, and the run's table printed."
     from zls.pipeline import execute
     from zls.report import markdown_table, rounds_table
     run = Path(args.run)
@@ -100,59 +136,12 @@ def _cmd_report(args):
     print(markdown_table(rounds_table(run)))
     print(f'figures and results.md written to {run}')
 
-def _cmd_summary(args):
-    from zls.report import markdown_table, mean_std_table, run_rows, summarize_rows
-    rows = run_rows(args.runs)
-    sm = summarize_rows(rows)
-    md = markdown_table(mean_std_table(sm).assign(runs=sm['runs']))
-    print(md)
-    if args.out:
-        atomic_write(args.out, lambda p: Path(p).write_text(md + '\n'))
-        print(f'written to {args.out}')
-    if args.csv:
-        atomic_write(args.csv, lambda p: rows.to_csv(p, index=False))
-        print(f'rows (one per run and round) written to {args.csv}')
-
-def _cmd_speed(args):
-    from zls.benchmark import speed
-    from zls.report import markdown_table
-    sp = speed(args.backbone, crop=args.crop, batch=args.batch, steps=args.steps, warmup=args.warmup, views=args.views,
-               device=args.device or None, threads=args.threads, amp=not args.no_amp,
-               channels_last=not args.no_channels_last, compile=args.compile)
-    print(markdown_table(sp.set_index('what')[['images_per_s']]))
-    first = sp.iloc[0]
-    print(f"{first['backbone']}, crop {first['crop']}, batch {first['batch']}, {first['device']}, "
-          f"{first['threads']} thread(s), {first['kernels']} kernels: labeler / bare forwards "
-          f"{first['labeler_vs_forwards']:.2f}x; a self-training round / a "
-          f"supervised one {first['self_training_ratio']:.2f}x")
-    out = Path(args.out) if args.out else outputs_root() / 'speed' / f"speed-{first['backbone']}-{first['device']}.csv"
-    _write_rows(out, sp, append=args.append)
-    print(f'written to {out}')
-
+# %% ../nbs/22_cli.ipynb #eb064dea
 def _write_rows(path, rows: pd.DataFrame, *, append: bool):
     "Write `rows` as the CSV `path` (atomically), after the rows it holds already if `append`."
     path = Path(path)
     if append and path.exists(): rows = pd.concat([pd.read_csv(path), rows])
     atomic_write(path, lambda p: rows.to_csv(p, index=False))
-
-def _cmd_gpu_check(args):
-    from zls.benchmark import gpu_check
-    try: print(gpu_check(args.out))
-    except RuntimeError as e: _fail(str(e))
-
-def _fail(msg: str):
-    "One line on stderr and exit code 1: the command ran and found a problem (not a bad argument)."
-    sys.stderr.write(f'zls: error: {msg}\n')
-    raise SystemExit(1)
-
-def _cmd_results(args):
-    from zls.benchmark import update_tables
-    for path in args.path or [str(PIPELINES.parent / f) for f in ('RESULTS.md', 'README.md')]:
-        stale = update_tables(path, args.results, check=args.check)
-        if args.check and stale:
-            _fail(f'{path} disagrees with {args.results}/ in table(s) {stale}; run `zls results` to regenerate them')
-        print(f'{path}: ' + ('tables agree with ' + str(args.results) if args.check else
-                             f"regenerated {stale or 'nothing (all tables were current)'}"))
 
 def _run_of(ckpt: Path) -> Path:
     "The run folder of a round checkpoint (`<run>/round_<k>/train.pt`)."
@@ -162,7 +151,9 @@ def _run_of(ckpt: Path) -> Path:
                          'outputs/<run>/round_0/train.pt')
     return run
 
-def _cmd_eval(args):
+# %% ../nbs/22_cli.ipynb #a7b3c37f
+def cmd_eval(args):
+    "`zls eval`: a round checkpoint evaluated on its run's validation set, at each γ and with the views asked for."
     from zls.labeler import parse_views
     from zls.metrics import iou_table, summarize, view_summary
     from zls.report import markdown_table
@@ -190,7 +181,40 @@ def _cmd_eval(args):
         _write_rows(args.csv, rows, append=True)
         print(f'rows added to {args.csv}')
 
-def _cmd_labels(args):
+# %% ../nbs/22_cli.ipynb #e2b1a17d
+def add_eval(sub):
+    "`zls eval CHECKPOINT [--gamma G ...] [--set KEY=VALUE ...] [--views V] [--per-class] [--csv F] ...`."
+    ev = sub.add_parser('eval', help='evaluate a round checkpoint on its validation set', description=
+                        'Evaluate a round checkpoint (outputs/<run>/round_<k>/train.pt) on the validation set of its '
+                        'run.')
+    ev.add_argument('checkpoint', help='a round checkpoint inside a run folder')
+    ev.add_argument('--gamma', type=float, action='append',
+                    help='calibration γ; repeatable (default: 0, no calibration)')
+    ev.add_argument('--set', action='append', metavar='KEY=VALUE',
+                    help="override one of the run's parameters (e.g. data_root, device)")
+    ev.add_argument('--views', help='also evaluate the mean softmax of these views, e.g. multiscale or 1,1f,1.5')
+    ev.add_argument('--per-class', action='store_true', help='also print the per-class IoU')
+    ev.add_argument('--csv', help='also add the rows (one per evaluation) to this CSV')
+    ev.add_argument('--label-view', action='append', choices=LABEL_VIEWS[1:],
+                    help='also score the first evaluation through a coarser label view (shapes: colour, shape, '
+                         'objects); repeatable')
+    ev.set_defaults(fn=cmd_eval)
+
+# %% ../nbs/22_cli.ipynb #e60f4238
+def add_labels(sub):
+    "`zls labels RUN --round K [--views V] [--top-p P] [--out DIR]`."
+    lb = sub.add_parser('labels', help="write a round's pseudo-labels", description=
+                        'Label the training images with the model of round k-1 of a run and write the pseudo-label '
+                        'PNGs and quality.csv.')
+    lb.add_argument('run', help='the run folder')
+    lb.add_argument('--round', type=int, required=True, help='the round k whose pseudo-labels to write (k >= 1)')
+    lb.add_argument('--views', help="labeler views (default: the run's), e.g. identity or 1,1f,1.5,1.5f")
+    lb.add_argument('--top-p', type=float, help="keep the top p percent per class and image (default: the run's)")
+    lb.add_argument('--out', help='output folder (default: <run>/round_<k>/pseudo, only if empty)')
+    lb.set_defaults(fn=cmd_labels)
+
+def cmd_labels(args):
+    "`zls labels`: round k's pseudo-labels written by the model of round k-1, with the run's views or others."
     from zls.labeler import label_offline, parse_views
     run = Path(args.run)
     cfg = load_config(run)
@@ -211,7 +235,147 @@ def _cmd_labels(args):
     print(q.round(1).to_string())
     print(f'pseudo-labels written to {out}')
 
-def _cmd_data_check(args):
+# %% ../nbs/22_cli.ipynb #a37fb8d1
+def add_summary(sub):
+    "`zls summary RUN ... [--out FILE] [--csv FILE]`."
+    sm = sub.add_parser('summary', help='mean ± std over runs (e.g. seeds)',
+                        description='Mean ± std per round over several run folders.')
+    sm.add_argument('runs', nargs='+', help='run folders')
+    sm.add_argument('--out', help='also write the Markdown table to this file')
+    sm.add_argument('--csv', help='also write every run and round as a CSV row (what results/ keeps)')
+    sm.set_defaults(fn=cmd_summary)
+
+def cmd_summary(args):
+    "`zls summary`: mean ± std per round over run folders; also the Markdown (`--out`) and the rows (`--csv`)."
+    from zls.report import markdown_table, mean_std_table, run_rows, summarize_rows
+    rows = run_rows(args.runs)
+    sm = summarize_rows(rows)
+    md = markdown_table(mean_std_table(sm).assign(runs=sm['runs']))
+    print(md)
+    if args.out:
+        atomic_write(args.out, lambda p: Path(p).write_text(md + '\n'))
+        print(f'written to {args.out}')
+    if args.csv:
+        atomic_write(args.csv, lambda p: rows.to_csv(p, index=False))
+        print(f'rows (one per run and round) written to {args.csv}')
+
+# %% ../nbs/22_cli.ipynb #7a0005db
+def add_speed(sub):
+    "`zls speed [--backbone B] [--crop C] [--batch N] [--steps S] [--warmup W] [--views V] [--device D] ...`."
+    sp = sub.add_parser('speed', help='training, labeling and evaluation images/s on this device (synthetic data)',
+                        description='Measure training, labeling (against its bare forward passes) and evaluation '
+                                    'throughput of a backbone on synthetic data, and write the rows as a CSV.')
+    sp.add_argument('--backbone', default='small', help='small, or e.g. deeplabv2_resnet101 (default small)')
+    sp.add_argument('--crop', type=int, default=64, help='image and crop side (default 64)')
+    sp.add_argument('--batch', type=int, default=16, help='images per batch (default 16)')
+    sp.add_argument('--steps', type=int, default=10, help='timed training steps; labeling and evaluation see '
+                                                           'steps x batch images (default 10)')
+    sp.add_argument('--warmup', type=int, default=3, help='untimed training steps first (default 3)')
+    sp.add_argument('--views', default='default', help="the labeler's views (default: STRICT's six)")
+    sp.add_argument('--device', default='', help='cuda or cpu (default: CUDA when available)')
+    sp.add_argument('--threads', type=int, default=1, help='torch threads (default 1, as runs)')
+    sp.add_argument('--no-amp', action='store_true', help='no bfloat16 autocast on CUDA')
+    sp.add_argument('--no-channels-last', action='store_true', help='no channels-last format on CUDA')
+    sp.add_argument('--compile', action='store_true', help='torch.compile the network')
+    sp.add_argument('--out', help='the CSV (default outputs/speed/speed-<backbone>-<device>.csv)')
+    sp.add_argument('--append', action='store_true', help='add the rows to an existing CSV')
+    sp.set_defaults(fn=cmd_speed)
+
+def cmd_speed(args):
+    "`zls speed`: the rows of `zls.speed.speed` printed and written as a CSV."
+    from zls.speed import speed
+    from zls.report import markdown_table
+    sp = speed(args.backbone, crop=args.crop, batch=args.batch, steps=args.steps, warmup=args.warmup, views=args.views,
+               device=args.device or None, threads=args.threads, amp=not args.no_amp,
+               channels_last=not args.no_channels_last, compile=args.compile)
+    print(markdown_table(sp.set_index('what')[['images_per_s']]))
+    first = sp.iloc[0]
+    print(f"{first['backbone']}, crop {first['crop']}, batch {first['batch']}, {first['device']}, "
+          f"{first['threads']} thread(s), {first['kernels']} kernels: labeler / bare forwards "
+          f"{first['labeler_vs_forwards']:.2f}x; a self-training round / a "
+          f"supervised one {first['self_training_ratio']:.2f}x")
+    out = Path(args.out) if args.out else outputs_root() / 'speed' / f"speed-{first['backbone']}-{first['device']}.csv"
+    _write_rows(out, sp, append=args.append)
+    print(f'written to {out}')
+
+# %% ../nbs/22_cli.ipynb #1e1b201c
+def add_gpu_check(sub):
+    "`zls gpu-check [--out DIR]`: what `make gpu-check` runs."
+    gc = sub.add_parser('gpu-check', help='the GPU path: DeepLabv3 ResNet-101 speed and a tiny STRICT run on CUDA',
+                        description='Measure DeepLabv3 ResNet-101 (crop 321, batch 8, bfloat16) and run a tiny STRICT '
+                                    'run on CUDA; fails at once where no GPU is visible.')
+    gc.add_argument('--out', help='outputs root (default: $ZLS_OUTPUTS or <project>/outputs)')
+    gc.set_defaults(fn=cmd_gpu_check)
+
+def cmd_gpu_check(args):
+    "`zls gpu-check`: the summary line of `zls.speed.gpu_check`, or its problem in one line (exit code 1)."
+    from zls.speed import gpu_check
+    try: print(gpu_check(args.out))
+    except RuntimeError as e: _fail(str(e))
+
+def _fail(msg: str):
+    "One line on stderr and exit code 1: the command ran and found a problem (not a bad argument)."
+    sys.stderr.write(f'zls: error: {msg}\n')
+    raise SystemExit(1)
+
+# %% ../nbs/22_cli.ipynb #7a190c0a
+def add_results(sub):
+    "`zls results [--path FILE ...] [--results DIR] [--check]`."
+    rs = sub.add_parser('results', help='regenerate the result tables of RESULTS.md and README.md from results/*.csv',
+                        description='Rewrite each generated table of RESULTS.md and README.md from the CSV it names; '
+                                    '--check only compares (exit 1 if any differs).')
+    rs.add_argument('--path', action='append', help="a file with generated tables, repeatable "
+                                                    "(default: the project's RESULTS.md and README.md)")
+    rs.add_argument('--results', default=str(PIPELINES.parent / 'results'), help='the CSV folder (default: results/)')
+    rs.add_argument('--check', action='store_true', help='compare only; write nothing')
+    rs.set_defaults(fn=cmd_results)
+
+def cmd_results(args):
+    "`zls results`: the generated tables of RESULTS.md and README.md rewritten, or with `--check` compared."
+    from zls.tables import update_tables
+    for path in args.path or [str(PIPELINES.parent / f) for f in ('RESULTS.md', 'README.md')]:
+        stale = update_tables(path, args.results, check=args.check)
+        if args.check and stale:
+            _fail(f'{path} disagrees with {args.results}/ in table(s) {stale}; run `zls results` to regenerate them')
+        print(f'{path}: ' + ('tables agree with ' + str(args.results) if args.check else
+                             f"regenerated {stale or 'nothing (all tables were current)'}"))
+
+# %% ../nbs/22_cli.ipynb #d22aeeb5
+def add_data_shapes(d):
+    "`zls data shapes [--root DIR] [--n-train N] [--n-val N] [--size PX] [--seed S]`."
+    s = d.add_parser('shapes', help='generate the built-in shapes benchmark (once; deterministic)')
+    s.add_argument('--root', help='datasets folder (default: $ZLS_DATA or <project>/data)')
+    s.add_argument('--n-train', type=int, default=2000)
+    s.add_argument('--n-val', type=int, default=500)
+    s.add_argument('--size', type=int, default=64)
+    s.add_argument('--seed', type=int, default=0)
+    s.set_defaults(fn=cmd_data_shapes)
+
+def cmd_data_shapes(args):
+    "`zls data shapes`: the shapes benchmark generated (once) and its folder printed."
+    from zls.shapes import make_shapes
+    root = make_shapes(args.root, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed)
+    print(root)
+
+# %% ../nbs/22_cli.ipynb #1c694a3e
+def add_data_check(d):
+    "`zls data check DATASET [--root DIR] [--miniature] [--seed S] [--embeddings E]`."
+    from zls.splits import DATASETS  # the datasets whose entry names a checker
+    c = d.add_parser('check', help='verify a dataset tree (or your own folder) and say exactly what is wrong',
+                     description='Check the folders, file counts and a decoded sample of a dataset tree (a folder of '
+                                 'your own: every image and mask, its classes and names); exit 1 on any problem.')
+    c.add_argument('dataset', choices=[n for n, s in DATASETS.items() if s.check])
+    c.add_argument('--root', help='datasets folder (default: $ZLS_DATA or <project>/data); folder: the folder itself')
+    c.add_argument('--miniature', action='store_true',
+                   help='accept file counts other than the official ones (test trees)')
+    c.add_argument('--seed', type=int, default=0,
+                   help="folder: data_seed of the run, which draws the train/val split when there are no lists")
+    c.add_argument('--embeddings', choices=('glove', 'minilm'), default='glove',
+                   help='folder: the embedding source of the run, which must know every class name (default glove)')
+    c.set_defaults(fn=cmd_data_check)
+
+def cmd_data_check(args):
+    "`zls data check`: the dataset's checker run and its report printed; exit code 1 on any problem."
     import inspect
     from zls.data import resolve
     from zls.splits import DATASETS
@@ -231,131 +395,37 @@ def check_report(df: pd.DataFrame, dataset: str) -> str:
     verdict = 'complete' if not fixes else f"{int((~df['ok']).sum())} problem(s); the numbered fixes say what to do"
     return '\n'.join(lines + [f'{dataset}: {verdict}'])
 
-def _cmd_data_prepare(args):
-    from zls.core import data_root
-    if args.dataset == 'voc': from zls.voc import prepare_voc as prepare
-    else: from zls.cocostuff import prepare_cocostuff as prepare
-    print(prepare(args.archives, data_root(args.root), download=args.download))
-
-def _cmd_data_shapes(args):
-    from zls.shapes import make_shapes
-    root = make_shapes(args.root, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed)
-    print(root)
-
-# %% ../nbs/22_cli.ipynb #c6fe237d
-def parser() -> argparse.ArgumentParser:
-    "The `zls` argument parser."
-    ap = argparse.ArgumentParser(prog='zls', description='Zero-label semantic segmentation by self-training.')
-    sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
-    methods = ', '.join(METHODS)
-    r = sub.add_parser('run', help=f"run a method's rounds 0..N ({methods}) through papermill, then the report",
-                       description=f"Run rounds 0..N of a method ({methods}; default {DEFAULT_METHOD}, set with "
-                                   "--set method=NAME) into outputs/<name>/ and report. Ctrl-C stops it; "
-                                   're-running the same command resumes.')
-    r.add_argument('--name', help='run folder name under the outputs root (default: shapes-default)')
-    rounds_by_method = ', '.join(f'{n} {m.ROUNDS}' for n, m in METHODS.items())
-    r.add_argument('--rounds', type=int, help=f'rounds after round 0 (default: by method; {rounds_by_method})')
-    r.add_argument('--config', help='JSON or YAML file of parameters (see zls.methods.parameters(), plus name and '
-                                    "rounds), or a shipped configuration's name")
-    r.add_argument('--set', action='append', metavar='KEY=VALUE', help='override one parameter; repeatable')
-    r.add_argument('--seed', type=int, help='training seed (same as --set seed=N)')
-    r.add_argument('--out', help='outputs root (default: $ZLS_OUTPUTS or <project>/outputs)')
-    r.add_argument('--no-report', action='store_true', help='skip the report notebook')
-    r.set_defaults(fn=_cmd_run)
-    rep = sub.add_parser('report', help="(re)draw a run's table and figures",
-                         description="Execute the report notebook on a run folder.")
-    rep.add_argument('run', help='the run folder, e.g. outputs/shapes-default')
-    rep.add_argument('--examples', type=int, default=6, help='images in the example grids')
-    rep.set_defaults(fn=_cmd_report)
-    ev = sub.add_parser('eval', help='evaluate a round checkpoint on its validation set', description=
-                        'Evaluate a round checkpoint (outputs/<run>/round_<k>/train.pt) on the validation set of its '
-                        'run.')
-    ev.add_argument('checkpoint', help='a round checkpoint inside a run folder')
-    ev.add_argument('--gamma', type=float, action='append',
-                    help='calibration γ; repeatable (default: 0, no calibration)')
-    ev.add_argument('--set', action='append', metavar='KEY=VALUE',
-                    help="override one of the run's parameters (e.g. data_root, device)")
-    ev.add_argument('--views', help='also evaluate the mean softmax of these views, e.g. multiscale or 1,1f,1.5')
-    ev.add_argument('--per-class', action='store_true', help='also print the per-class IoU')
-    ev.add_argument('--csv', help='also add the rows (one per evaluation) to this CSV')
-    ev.add_argument('--label-view', action='append', choices=LABEL_VIEWS[1:],
-                    help='also score the first evaluation through a coarser label view (shapes: colour, shape, '
-                         'objects); repeatable')
-    ev.set_defaults(fn=_cmd_eval)
-    lb = sub.add_parser('labels', help="write a round's pseudo-labels", description=
-                        'Label the training images with the model of round k-1 of a run and write the pseudo-label '
-                        'PNGs and quality.csv.')
-    lb.add_argument('run', help='the run folder')
-    lb.add_argument('--round', type=int, required=True, help='the round k whose pseudo-labels to write (k >= 1)')
-    lb.add_argument('--views', help="labeler views (default: the run's), e.g. identity or 1,1f,1.5,1.5f")
-    lb.add_argument('--top-p', type=float, help="keep the top p percent per class and image (default: the run's)")
-    lb.add_argument('--out', help='output folder (default: <run>/round_<k>/pseudo, only if empty)')
-    lb.set_defaults(fn=_cmd_labels)
-    sm = sub.add_parser('summary', help='mean ± std over runs (e.g. seeds)',
-                        description='Mean ± std per round over several run folders.')
-    sm.add_argument('runs', nargs='+', help='run folders')
-    sm.add_argument('--out', help='also write the Markdown table to this file')
-    sm.add_argument('--csv', help='also write every run and round as a CSV row (what results/ keeps)')
-    sm.set_defaults(fn=_cmd_summary)
-    sp = sub.add_parser('speed', help='training, labeling and evaluation images/s on this device (synthetic data)',
-                        description='Measure training, labeling (against its bare forward passes) and evaluation '
-                                    'throughput of a backbone on synthetic data, and write the rows as a CSV.')
-    sp.add_argument('--backbone', default='small', help='small, or e.g. deeplabv2_resnet101 (default small)')
-    sp.add_argument('--crop', type=int, default=64, help='image and crop side (default 64)')
-    sp.add_argument('--batch', type=int, default=16, help='images per batch (default 16)')
-    sp.add_argument('--steps', type=int, default=10, help='timed training steps; labeling and evaluation see '
-                                                           'steps x batch images (default 10)')
-    sp.add_argument('--warmup', type=int, default=3, help='untimed training steps first (default 3)')
-    sp.add_argument('--views', default='default', help="the labeler's views (default: STRICT's six)")
-    sp.add_argument('--device', default='', help='cuda or cpu (default: CUDA when available)')
-    sp.add_argument('--threads', type=int, default=1, help='torch threads (default 1, as runs)')
-    sp.add_argument('--no-amp', action='store_true', help='no bfloat16 autocast on CUDA')
-    sp.add_argument('--no-channels-last', action='store_true', help='no channels-last format on CUDA')
-    sp.add_argument('--compile', action='store_true', help='torch.compile the network')
-    sp.add_argument('--out', help='the CSV (default outputs/speed/speed-<backbone>-<device>.csv)')
-    sp.add_argument('--append', action='store_true', help='add the rows to an existing CSV')
-    sp.set_defaults(fn=_cmd_speed)
-    gc = sub.add_parser('gpu-check', help='the GPU path: DeepLabv3 ResNet-101 speed and a tiny STRICT run on CUDA',
-                        description='Measure DeepLabv3 ResNet-101 (crop 321, batch 8, bfloat16) and run a tiny STRICT '
-                                    'run on CUDA; fails at once where no GPU is visible.')
-    gc.add_argument('--out', help='outputs root (default: $ZLS_OUTPUTS or <project>/outputs)')
-    gc.set_defaults(fn=_cmd_gpu_check)
-    rs = sub.add_parser('results', help='regenerate the result tables of RESULTS.md and README.md from results/*.csv',
-                        description='Rewrite each generated table of RESULTS.md and README.md from the CSV it names; '
-                                    '--check only compares (exit 1 if any differs).')
-    rs.add_argument('--path', action='append', help="a file with generated tables, repeatable "
-                                                    "(default: the project's RESULTS.md and README.md)")
-    rs.add_argument('--results', default=str(PIPELINES.parent / 'results'), help='the CSV folder (default: results/)')
-    rs.add_argument('--check', action='store_true', help='compare only; write nothing')
-    rs.set_defaults(fn=_cmd_results)
-    d = sub.add_parser('data', help='datasets').add_subparsers(dest='data_cmd', required=True, metavar='DATASET')
-    s = d.add_parser('shapes', help='generate the built-in shapes benchmark (once; deterministic)')
-    s.add_argument('--root', help='datasets folder (default: $ZLS_DATA or <project>/data)')
-    s.add_argument('--n-train', type=int, default=2000)
-    s.add_argument('--n-val', type=int, default=500)
-    s.add_argument('--size', type=int, default=64)
-    s.add_argument('--seed', type=int, default=0)
-    s.set_defaults(fn=_cmd_data_shapes)
-    from zls.splits import DATASETS  # the datasets whose entry names a checker
-    c = d.add_parser('check', help='verify a dataset tree (or your own folder) and say exactly what is wrong',
-                     description='Check the folders, file counts and a decoded sample of a dataset tree (a folder of '
-                                 'your own: every image and mask, its classes and names); exit 1 on any problem.')
-    c.add_argument('dataset', choices=[n for n, s in DATASETS.items() if s.check])
-    c.add_argument('--root', help='datasets folder (default: $ZLS_DATA or <project>/data); folder: the folder itself')
-    c.add_argument('--miniature', action='store_true',
-                   help='accept file counts other than the official ones (test trees)')
-    c.add_argument('--seed', type=int, default=0,
-                   help="folder: data_seed of the run, which draws the train/val split when there are no lists")
-    c.add_argument('--embeddings', choices=('glove', 'minilm'), default='glove',
-                   help='folder: the embedding source of the run, which must know every class name (default glove)')
-    c.set_defaults(fn=_cmd_data_check)
+# %% ../nbs/22_cli.ipynb #5c4b8091
+def add_data_prepare(d):
+    "`zls data prepare DATASET --archives DIR [--root DIR] [--download]`."
     pr = d.add_parser('prepare', help='verify the official archives against their checksums and unpack them',
                       description='Verify downloaded archives (md5) and unpack them into the layout zls reads.')
     pr.add_argument('dataset', choices=('voc', 'cocostuff'))
     pr.add_argument('--archives', required=True, help='folder holding the downloaded archives')
     pr.add_argument('--root', help='datasets folder (default: $ZLS_DATA or <project>/data)')
     pr.add_argument('--download', action='store_true', help='try to download missing archives (needs network access)')
-    pr.set_defaults(fn=_cmd_data_prepare)
+    pr.set_defaults(fn=cmd_data_prepare)
+
+def cmd_data_prepare(args):
+    "`zls data prepare`: archives verified (md5) and unpacked into the layout zls reads."
+    from zls.core import data_root
+    if args.dataset == 'voc': from zls.voc import prepare_voc as prepare
+    else: from zls.cocostuff import prepare_cocostuff as prepare
+    print(prepare(args.archives, data_root(args.root), download=args.download))
+
+def add_data(sub):
+    "`zls data shapes | check | prepare`."
+    d = sub.add_parser('data', help='datasets').add_subparsers(dest='data_cmd', required=True, metavar='DATASET')
+    for add in (add_data_shapes, add_data_check, add_data_prepare): add(d)
+
+# %% ../nbs/22_cli.ipynb #c6fe237d
+COMMANDS = (add_run, add_report, add_eval, add_labels, add_summary, add_speed, add_gpu_check, add_results, add_data)
+
+def parser() -> argparse.ArgumentParser:
+    "The `zls` argument parser: a subcommand from each of `COMMANDS`."
+    ap = argparse.ArgumentParser(prog='zls', description='Zero-label semantic segmentation by self-training.')
+    sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
+    for add in COMMANDS: add(sub)
     return ap
 
 def main(argv=None) -> int:

@@ -94,6 +94,7 @@ def _stems(folder: Path, suffix: str) -> set:
 def _row(item: str, expected, found, ok: bool, fix: str) -> dict:
     return dict(item=item, expected=str(expected), found=str(found), ok=bool(ok), fix='' if ok else fix)
 
+# %% ../nbs/05_cocostuff.ipynb #53b3aaad
 def _sample_row(s: str, img_dir: Path, lab_dir: Path, name: str | None) -> dict:
     item, want = f'{s}: one sample decodes', 'ids in 0-181 or 255, image size = label size'
     if name is None: return _row(item, want, 'no image with its label map', False, 'fix the rows above first')
@@ -110,6 +111,7 @@ def _sample_row(s: str, img_dir: Path, lab_dir: Path, name: str | None) -> dict:
                 f'{lab_dir / name}.png is not a COCO-stuff label map for {img_dir / name}.jpg: '
                 f'get the stuffthingmaps (greyscale label ids), not the colour or COCO-json annotations')
 
+# %% ../nbs/05_cocostuff.ipynb #ccc6c64c
 def check_cocostuff(root: str | Path | None = None, *, official: bool = True, n_show: int = 3) -> pd.DataFrame:
     "A table (item, expected, found, ok, fix) of folders, counts, image/label pairing and one decoded sample per set."
     root = cocostuff_root(root)

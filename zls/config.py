@@ -6,6 +6,7 @@
 from __future__ import annotations
 import difflib, math, typing
 from dataclasses import dataclass, field, fields
+from fastcore.basics import patch
 from .core import KERNELS
 from .splits import DATASETS, get_split
 
@@ -163,21 +164,25 @@ class TrainConfig(Section):
     kernels: str = param('', 'CPU kernels: native (torch\'s own, fastest) or portable (the same numbers on every x86 '
                              'CPU with AVX2, about 2x slower); empty: $ZLS_KERNELS, else native')
 
-    def check(self):
-        for n in ('iters0', 'iters', 'batch_size', 'crop', 'ckpt_every', 'log_every', 'nproc'):
-            need(n, getattr(self, n), getattr(self, n) >= 1, 'an int >= 1')
-        need('threads', self.threads, self.threads >= 0, 'an int >= 0 (0: the cores torch would use)')
-        need('kernels', self.kernels, self.kernels in ('', *KERNELS), f"'', {' or '.join(KERNELS)}")
-        need('scale_min', self.scale_min, 0 < self.scale_min <= self.scale_max,
-             f'0 < scale_min <= scale_max={self.scale_max}')
-        need('optimizer', self.optimizer, self.optimizer in ('sgd', 'adamw'), "'sgd' or 'adamw'")
-        need('lr', self.lr, math.isfinite(self.lr) and self.lr > 0, 'a learning rate > 0')
-        need('weight_decay', self.weight_decay, self.weight_decay >= 0, 'a float >= 0')
-        need('head_lr_mult', self.head_lr_mult, self.head_lr_mult > 0, 'a float > 0')
-        need('workers', self.workers, self.workers >= 0, 'an int >= 0')
-        ok = self.device in ('', 'cpu', 'cuda') or (self.device.startswith('cuda:') and self.device[5:].isdigit())
-        need('device', self.device, ok, "'', 'cpu', 'cuda' or 'cuda:N'")
+# %% ../nbs/10_config.ipynb #3ada666c
+@patch
+def check(self: TrainConfig):
+    "Refuse bad values: counts >= 1, a positive learning rate, a valid scale range, optimizer and device."
+    for n in ('iters0', 'iters', 'batch_size', 'crop', 'ckpt_every', 'log_every', 'nproc'):
+        need(n, getattr(self, n), getattr(self, n) >= 1, 'an int >= 1')
+    need('threads', self.threads, self.threads >= 0, 'an int >= 0 (0: the cores torch would use)')
+    need('kernels', self.kernels, self.kernels in ('', *KERNELS), f"'', {' or '.join(KERNELS)}")
+    need('scale_min', self.scale_min, 0 < self.scale_min <= self.scale_max,
+         f'0 < scale_min <= scale_max={self.scale_max}')
+    need('optimizer', self.optimizer, self.optimizer in ('sgd', 'adamw'), "'sgd' or 'adamw'")
+    need('lr', self.lr, math.isfinite(self.lr) and self.lr > 0, 'a learning rate > 0')
+    need('weight_decay', self.weight_decay, self.weight_decay >= 0, 'a float >= 0')
+    need('head_lr_mult', self.head_lr_mult, self.head_lr_mult > 0, 'a float > 0')
+    need('workers', self.workers, self.workers >= 0, 'an int >= 0')
+    ok = self.device in ('', 'cpu', 'cuda') or (self.device.startswith('cuda:') and self.device[5:].isdigit())
+    need('device', self.device, ok, "'', 'cpu', 'cuda' or 'cuda:N'")
 
+# %% ../nbs/10_config.ipynb #2d0e1a7c
 @dataclass
 class EvalConfig(Section):
     "Evaluation (and the batch size of offline labeling, which runs the same way)."
@@ -221,15 +226,16 @@ class RunConfig:
         "What a run folder's results depend on: the flat form without the volatile parameters."
         return {k: v for k, v in self.flat().items() if k not in VOLATILE}
 
-    @classmethod
-    def from_flat(cls, flat: dict, method_section: type) -> RunConfig:
-        "Build from a flat mapping with a `method` entry, given that method's section class."
-        flat = dict(flat)
-        method = flat.pop('method')
-        owners = {n: name for name, s in {**COMMON, method: method_section}.items() for n in s.names()}
-        unknown = sorted(set(flat) - set(owners))
-        if unknown:
-            raise ValueError(f'unknown parameter(s) {unknown}{did_you_mean(unknown, owners)} for method={method}; '
-                             f'valid: {", ".join(owners)}')
-        parts = {name: s.pick(flat) for name, s in COMMON.items()}
-        return cls(method, method_section.pick(flat), **parts)
+# %% ../nbs/10_config.ipynb #1c8188ed
+@patch(cls_method=True)
+def from_flat(cls: RunConfig, flat: dict, method_section: type) -> RunConfig:
+    "Build from a flat mapping with a `method` entry, given that method's section class."
+    flat = dict(flat)
+    method = flat.pop('method')
+    owners = {n: name for name, s in {**COMMON, method: method_section}.items() for n in s.names()}
+    unknown = sorted(set(flat) - set(owners))
+    if unknown:
+        raise ValueError(f'unknown parameter(s) {unknown}{did_you_mean(unknown, owners)} for method={method}; '
+                         f'valid: {", ".join(owners)}')
+    parts = {name: s.pick(flat) for name, s in COMMON.items()}
+    return cls(method, method_section.pick(flat), **parts)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from fastcore.basics import patch
 from .core import IGNORE_INDEX, DataError, load_image, load_mask, voc_palette
 
 # %% auto #0
@@ -30,6 +31,23 @@ def check_ids(label: np.ndarray, valid_ids, path) -> np.ndarray:
 # %% ../nbs/03_datasets.ipynb #42ffca4c
 _IMAGE_SUFFIXES = ('.jpg', '.png', '.jpeg')
 
+def _image_set_ids(root: Path, image_set: str, image_dir: str, mask_dir: str, list_dir: str) -> list[str]:
+    "The ids of `<root>/<list_dir>/<image_set>.txt`, one per line; a missing folder or list says what is expected."
+    hint = (' The shapes benchmark is created by zls.shapes.make_shapes(), which returns this folder.'
+            if 'shapes' in root.parts else '')
+    if not root.is_dir():
+        raise FileNotFoundError(f'dataset folder {root} does not exist; expected a VOC-like folder with '
+                                f'{image_dir}/, {mask_dir}/ and {list_dir}/<image_set>.txt.{hint}')
+    lst = root / list_dir / f'{image_set}.txt'
+    if not lst.is_file():
+        have = sorted(p.stem for p in (root / list_dir).glob('*.txt'))
+        raise FileNotFoundError(f'id list {lst} does not exist (image_set={image_set!r}); '
+                                f'available image sets: {have or "none"}.{hint}')
+    names = [l.strip() for l in lst.read_text(encoding='utf-8').splitlines() if l.strip()]
+    if not names: raise ValueError(f'id list {lst} is empty; it should list one image id per line')
+    return names
+
+# %% ../nbs/03_datasets.ipynb #c430079d
 class SegFolder(Dataset):
     "A VOC-like folder: items `dict(image=uint8 (3,H,W), label=uint8 (H,W) dataset ids, name=id)`; ids checked."
     cache: dict | None = None  # subclasses that set up their own folders read their files every time
@@ -40,38 +58,12 @@ class SegFolder(Dataset):
         self.cache = {} if cache else None  # decoded items, for sets small enough to hold (shapes: 8 MB per 1,000)
         self.valid_ids = None if valid_ids is None else frozenset(valid_ids) | {IGNORE_INDEX}
         self.image_dir, self.mask_dir = self.root / image_dir, self.root / mask_dir
-        hint = (' The shapes benchmark is created by zls.shapes.make_shapes(), which returns this folder.'
-                if 'shapes' in self.root.parts else '')
-        if not self.root.is_dir():
-            raise FileNotFoundError(f'dataset folder {self.root} does not exist; expected a VOC-like folder with '
-                                    f'{image_dir}/, {mask_dir}/ and {list_dir}/<image_set>.txt.{hint}')
-        lst = self.root / list_dir / f'{image_set}.txt'
-        if not lst.is_file():
-            have = sorted(p.stem for p in (self.root / list_dir).glob('*.txt'))
-            raise FileNotFoundError(f'id list {lst} does not exist (image_set={image_set!r}); '
-                                    f'available image sets: {have or "none"}.{hint}')
-        self.names = [l.strip() for l in lst.read_text(encoding='utf-8').splitlines() if l.strip()]
-        if not self.names: raise ValueError(f'id list {lst} is empty; it should list one image id per line')
+        self.names = _image_set_ids(self.root, image_set, image_dir, mask_dir, list_dir)
 
     read_label = staticmethod(load_mask)  # a mask file to class ids; zls.folder's datasets also read RGB masks
 
     def __len__(self) -> int: return len(self.names)
     def __repr__(self) -> str: return f'SegFolder({str(self.root)!r}, {self.image_set!r}): {len(self)} images'
-
-    def image_path(self, name: str) -> Path:
-        "The image file of id `name` (the first of `.jpg`, `.png`, `.jpeg` that exists)."
-        for s in _IMAGE_SUFFIXES:
-            p = self.image_dir / f'{name}{s}'
-            if p.is_file(): return p
-        raise FileNotFoundError(f'image of id {name!r} (listed in {self.image_set}.txt) not found: '
-                                f'no {self.image_dir / name}{{{",".join(_IMAGE_SUFFIXES)}}}')
-
-    def mask_path(self, name: str) -> Path:
-        "The label map of id `name`."
-        p = self.mask_dir / f'{name}.png'
-        if not p.is_file():
-            raise FileNotFoundError(f'mask of id {name!r} (listed in {self.image_set}.txt) not found: {p}')
-        return p
 
     def __getitem__(self, i: int) -> dict:
         if self.cache is None: return self.read(i)
@@ -79,22 +71,43 @@ class SegFolder(Dataset):
         it = self.cache[i]
         return dict(image=it['image'].clone(), label=it['label'].clone(), name=it['name'])  # callers may write
 
-    def label(self, i: int) -> torch.Tensor:
-        "The label map of item `i` alone, no image decoded: what a pass over a whole set's labels reads."
-        if self.cache is not None and i in self.cache: return self.cache[i]['label'].clone()
-        mp = self.mask_path(self.names[i])
-        return torch.from_numpy(check_ids(self.read_label(mp), self.valid_ids, mp).copy())
+# %% ../nbs/03_datasets.ipynb #bd38930a
+@patch
+def image_path(self: SegFolder, name: str) -> Path:
+    "The image file of id `name` (the first of `.jpg`, `.png`, `.jpeg` that exists)."
+    for s in _IMAGE_SUFFIXES:
+        p = self.image_dir / f'{name}{s}'
+        if p.is_file(): return p
+    raise FileNotFoundError(f'image of id {name!r} (listed in {self.image_set}.txt) not found: '
+                            f'no {self.image_dir / name}{{{",".join(_IMAGE_SUFFIXES)}}}')
 
-    def read(self, i: int) -> dict:
-        "Item `i` decoded from its files."
-        name = self.names[i]
-        ip, mp = self.image_path(name), self.mask_path(name)
-        image, label = load_image(ip), check_ids(self.read_label(mp), self.valid_ids, mp)
-        if image.shape[:2] != label.shape:
-            raise ValueError(f'{mp}: mask size {label.shape[1]}x{label.shape[0]} differs from its image {ip} '
-                             f'({image.shape[1]}x{image.shape[0]}, width x height)')
-        return dict(image=torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(),
-                    label=torch.from_numpy(label.copy()), name=name)
+@patch
+def mask_path(self: SegFolder, name: str) -> Path:
+    "The label map of id `name`."
+    p = self.mask_dir / f'{name}.png'
+    if not p.is_file():
+        raise FileNotFoundError(f'mask of id {name!r} (listed in {self.image_set}.txt) not found: {p}')
+    return p
+
+# %% ../nbs/03_datasets.ipynb #a63b6295
+@patch
+def label(self: SegFolder, i: int) -> torch.Tensor:
+    "The label map of item `i` alone, no image decoded: what a pass over a whole set's labels reads."
+    if self.cache is not None and i in self.cache: return self.cache[i]['label'].clone()
+    mp = self.mask_path(self.names[i])
+    return torch.from_numpy(check_ids(self.read_label(mp), self.valid_ids, mp).copy())
+
+@patch
+def read(self: SegFolder, i: int) -> dict:
+    "Item `i` decoded from its files."
+    name = self.names[i]
+    ip, mp = self.image_path(name), self.mask_path(name)
+    image, label = load_image(ip), check_ids(self.read_label(mp), self.valid_ids, mp)
+    if image.shape[:2] != label.shape:
+        raise ValueError(f'{mp}: mask size {label.shape[1]}x{label.shape[0]} differs from its image {ip} '
+                         f'({image.shape[1]}x{image.shape[0]}, width x height)')
+    return dict(image=torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(),
+                label=torch.from_numpy(label.copy()), name=name)
 
 # %% ../nbs/03_datasets.ipynb #fa45f3ec
 def size_batches(dataset, batch_size: int, *, num_workers: int = 0):
@@ -146,6 +159,7 @@ def colorize(label, palette=None) -> np.ndarray:
     if m.ndim != 2: raise ValueError(f'colorize expects a (H, W) label map, got shape {m.shape}')
     return (_PALETTE if palette is None else palette)[m.astype(np.uint8)]
 
+# %% ../nbs/03_datasets.ipynb #473186c1
 def show_samples(dataset, n: int = 8, *, names=None, ncols: int = 4, classes=None):
     "A figure of `n` items (or the ids in `names`) of `dataset`, images over their colourised masks."
     from matplotlib.figure import Figure

@@ -23,7 +23,7 @@ from .core import outputs_root, project_root
 
 # %% auto #0
 __all__ = ['page_name', 'doc_pages', 'exec_cells', 'myst_cells', 'render_nb', 'run_jobs', 'sphinx_conf', 'toctree',
-           'localize_links', 'build_site', 'serve', 'main']
+           'localize_links', 'sphinx_build', 'site_jobs', 'copy_images', 'build_site', 'serve', 'main']
 
 # %% ../nbs/24_docs.ipynb #ec19ffa1
 def page_name(nb: Path, nbs: Path) -> str:
@@ -117,6 +117,7 @@ class _title_cells(Processor):
                 self.nb.cells.insert(i + 1, mk_cell(rest, 'markdown'))
             return
 
+# %% ../nbs/24_docs.ipynb #5278d325
 class _show_docs_in_order(Processor):
     "Order the `show_doc` cells of a cell as its definitions are ordered (`add_show_docs` inserts each one first)."
     def begin(self):
@@ -163,6 +164,7 @@ def render_nb(src: str | Path, dst: str | Path, *, execute: bool = True, skip_fl
     write_nb(nb, dst)
     return dst
 
+# %% ../nbs/24_docs.ipynb #afadf31f
 def _render_job(job: dict) -> tuple[bool, str, float]:
     "Run one `render_nb` job given as keyword arguments: (succeeded, error message, seconds)."
     t0 = time.time()
@@ -187,6 +189,34 @@ def _worker_loop():
         out.write(_MARK + json.dumps(_render_job(json.loads(line))) + '\n')
         out.flush()
 
+# %% ../nbs/24_docs.ipynb #b272bc97
+def _serve_jobs(take, done, *, env: dict, cwd=None):
+    "Start a worker process and send it the jobs `take()` gives until None; report each with `done(job, ok, msg, s)`."
+    with tempfile.TemporaryFile('w+') as err:
+        p = subprocess.Popen([sys.executable, '-c', 'from zls.docs import _worker_loop; _worker_loop()'], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, cwd=cwd)
+        job = None
+        try:
+            while p.poll() is None and (job := take()) is not None:
+                t0, res = time.time(), None
+                p.stdin.write(json.dumps(job) + '\n')
+                p.stdin.flush()
+                for line in p.stdout:
+                    if line.startswith(_MARK):
+                        res = json.loads(line[len(_MARK):])
+                        break
+                if res is None:
+                    err.seek(0)
+                    res = (False, f'the worker process died (exit code {p.wait()}):\n{err.read()}', time.time() - t0)
+                done(job, *res)
+        except Exception as e: done(job or {'src': 'a worker'}, False, f'{type(e).__name__}: {e}', 0.0)
+        finally:
+            if p.stdin: p.stdin.close()
+            try: p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
 # %% ../nbs/24_docs.ipynb #fdf0f466
 def run_jobs(jobs: list[dict], *, workers: int = 2, cwd: str | Path | None = None,
              verbose: bool = False) -> dict[str, float]:
@@ -201,32 +231,7 @@ def run_jobs(jobs: list[dict], *, workers: int = 2, cwd: str | Path | None = Non
             times[job['src']] = dt
             if not ok: failed.append(msg[-4000:] if msg.startswith(name) else f'{name}: {msg[-4000:]}')
         if verbose: print(f'{name}: {dt:.1f} s{"" if ok else " FAILED"}', flush=True)
-    def work():
-        with tempfile.TemporaryFile('w+') as err:
-            p = subprocess.Popen([sys.executable, '-c', 'from zls.docs import _worker_loop; _worker_loop()'], env=env,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, cwd=cwd)
-            job = None
-            try:
-                while p.poll() is None and (job := take()) is not None:
-                    t0, res = time.time(), None
-                    p.stdin.write(json.dumps(job) + '\n')
-                    p.stdin.flush()
-                    for line in p.stdout:
-                        if line.startswith(_MARK):
-                            res = json.loads(line[len(_MARK):])
-                            break
-                    if res is None:
-                        err.seek(0)
-                        res = (False, f'the worker process died (exit code {p.wait()}):\n{err.read()}',
-                               time.time() - t0)
-                    done(job, *res)
-            except Exception as e: done(job or {'src': 'a worker'}, False, f'{type(e).__name__}: {e}', 0.0)
-            finally:
-                if p.stdin: p.stdin.close()
-                try: p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+    work = partial(_serve_jobs, take, done, env=env, cwd=cwd)
     threads = [threading.Thread(target=work) for _ in range(max(1, min(workers, len(todo))))]
     for t in threads: t.start()
     for t in threads: t.join()
@@ -317,6 +322,39 @@ def _report_path(report) -> Path:
                                 'or pass another report=')
     return p
 
+def sphinx_build(src: Path, tmp: Path, *, title: str, copyright: str = '', workers: int = 2) -> Path:
+    "Write `src`'s `conf.py` and stylesheet and build its HTML into `tmp/html` (doctrees, warnings.txt in `tmp`)."
+    (src / 'conf.py').write_text(sphinx_conf(title, copyright))
+    (src / '_static').mkdir()
+    (src / '_static/zls.css').write_text(_CSS)
+    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-q', '-j', str(max(1, workers)),
+           '-d', str(tmp / 'doctrees'), '-w', str(tmp / 'warnings.txt'), str(src), str(tmp / 'html')]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    if p.returncode != 0: raise RuntimeError(f'sphinx-build failed:\n{(p.stderr or p.stdout)[-4000:]}')
+    return tmp / 'html'
+
+# %% ../nbs/24_docs.ipynb #3b20a43e
+def site_jobs(pages, src: Path, *, report: Path | None = None, execute: bool | set = True, flags=()) -> list[dict]:
+    "The `render_nb` jobs of a site's `pages` (from `doc_pages`) and of a run's `report`, writing into `src`."
+    names = [n for _, n in pages if n != 'index']
+    nav = toctree(names, 'Notebooks') + ('\n\n' + toctree(['run_report'], 'Runs') if report else '')
+    run = lambda n: execute if isinstance(execute, bool) else n in execute
+    jobs = [dict(src=str(p), dst=str(src / f'{n}.ipynb'), execute=run(n), skip_flags=flags,
+                 append_md=nav if n == 'index' else None) for p, n in pages]
+    if report:
+        jobs.append(dict(src=str(report), dst=str(src / 'run_report.ipynb'), execute=False, remove_tags=['parameters'],
+                         title=f'Run report: {report.parent.name}'))
+    return jobs
+
+def copy_images(nbs: Path, src: Path):
+    "Copy the images under `nbs` (but in `_` and `.` folders), which the notebooks' Markdown refers to, into `src`."
+    for f in nbs.rglob('*'):
+        rel = f.relative_to(nbs)
+        is_image = f.suffix.lower() in ('.png', '.jpg', '.jpeg', '.gif', '.svg')
+        if is_image and not any(s[0] in '_.' for s in rel.parts):
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, src / rel)
+
 # %% ../nbs/24_docs.ipynb #4846c4ee
 def build_site(out: str | Path | None = None, *, nbs: str | Path | None = None, report: str | Path | None = None,
                execute: bool | set = True, workers: int = 2, title: str | None = None, verbose: bool = False) -> Path:
@@ -333,37 +371,19 @@ def build_site(out: str | Path | None = None, *, nbs: str | Path | None = None, 
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.build-', dir=out.parent))
     try:
         src, t0 = tmp / 'src', time.time()
-        names = [n for _, n in pages if n != 'index']
-        nav = toctree(names, 'Notebooks') + ('\n\n' + toctree(['run_report'], 'Runs') if rep else '')
-        flags = cfg.get('tst_flags', '').split()
-        run = lambda n: execute if isinstance(execute, bool) else n in execute
-        jobs = [dict(src=str(p), dst=str(src / f'{n}.ipynb'), execute=run(n), skip_flags=flags,
-                     append_md=nav if n == 'index' else None) for p, n in pages]
-        if rep:
-            jobs.append(dict(src=str(rep), dst=str(src / 'run_report.ipynb'), execute=False, remove_tags=['parameters'],
-                             title=f'Run report: {rep.parent.name}'))
-        for f in nbs.rglob('*'):  # images that the notebooks' Markdown refers to
-            rel = f.relative_to(nbs)
-            is_image = f.suffix.lower() in ('.png', '.jpg', '.jpeg', '.gif', '.svg')
-            if is_image and not any(s[0] in '_.' for s in rel.parts):
-                (src / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f, src / rel)
+        jobs = site_jobs(pages, src, report=rep, execute=execute, flags=cfg.get('tst_flags', '').split())
+        copy_images(nbs, src)
         run_jobs(jobs, workers=workers, cwd=cfg.config_path, verbose=verbose)  # where nbdev finds settings.ini
-        (src / 'conf.py').write_text(sphinx_conf(title or cfg.get('title', 'zls'), cfg.get('copyright', '')))
-        (src / '_static').mkdir()
-        (src / '_static/zls.css').write_text(_CSS)
         t1 = time.time()
-        cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-q', '-j', str(max(1, workers)),
-               '-d', str(tmp / 'doctrees'), '-w', str(tmp / 'warnings.txt'), str(src), str(tmp / 'html')]
-        p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
-        if p.returncode != 0: raise RuntimeError(f'sphinx-build failed:\n{(p.stderr or p.stdout)[-4000:]}')
-        localize_links(tmp / 'html', cfg.get('doc_host', '') + cfg.get('doc_baseurl', ''))
+        html_dir = sphinx_build(src, tmp, title=title or cfg.get('title', 'zls'), copyright=cfg.get('copyright', ''),
+                                workers=workers)
+        localize_links(html_dir, cfg.get('doc_host', '') + cfg.get('doc_baseurl', ''))
         if verbose:
             warns = (tmp / 'warnings.txt').read_text().strip()
             print(f'notebooks {t1 - t0:.0f} s, sphinx {time.time() - t1:.0f} s, '
                   f'{len(warns.splitlines()) if warns else 0} warning lines'
                   + (f':\n{warns[:3000]}' if warns else ''))
-        _swap_in(tmp / 'html', out)
+        _swap_in(html_dir, out)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out
 

@@ -141,6 +141,7 @@ def save_embeddings(path: str | Path, names, emb) -> Path:
         return atomic_write(path, lambda p: np.save(p, emb.numpy()))
     raise ValueError(f'{path}: unsupported suffix {path.suffix!r}; use .pt or .npy')
 
+# %% ../nbs/06_embeddings.ipynb #3d961310
 def _read_file(path: Path) -> tuple[list[str], np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f'embedding file {path} does not exist; '
@@ -160,6 +161,7 @@ def _read_file(path: Path) -> tuple[list[str], np.ndarray]:
     raise ValueError(f'{path}: unsupported suffix {path.suffix!r}; '
                      'use .pt (a dict of names and emb) or .npy (+ .names.txt)')
 
+# %% ../nbs/06_embeddings.ipynb #fbb5d147
 def file_embeddings(names, path: str | Path) -> torch.Tensor:
     "The rows of the embedding file `path` for `names` (see `save_embeddings` for the format), L2-normalized."
     names, path = _check_names(names), Path(path)

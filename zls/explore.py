@@ -22,7 +22,8 @@ from .labeler import DEFAULT_VIEWS, View, check_views, considered_idx, parse_vie
 from .metrics import pseudo_label_quality
 from .methods import run_config
 from .report import to_label_ids
-from .train import model_from_checkpoint, round_dir
+from .round import round_dir
+from .train import model_from_checkpoint
 from .splits import Split
 
 # %% auto #0
@@ -164,6 +165,7 @@ def view_name(v: View) -> str:
     "A view in `zls.labeler.parse_views` notation: '1', '1f', '1.5f'."
     return f"{v.scale:g}{'f' if v.flip else ''}"
 
+# %% ../nbs/23_explore.ipynb #12587423
 class Explorer:
     "Browse a run folder: image, truth, saved and live pseudo-labels, prediction of round `k`, and IoU bars."
     def __init__(self, run_dir, *, image_set: str = 'train', index: int = 0, k: int | None = None, cls: str = 'all',
@@ -181,39 +183,8 @@ class Explorer:
         self._models, self._preds, self._logits, self._iou_png = {}, OrderedDict(), OrderedDict(), OrderedDict()
         self.maps, self.notes, self.rgb = {}, {}, {}
         self.quality, self.iou, self.error, self._holding = None, None, None, 0
-        W, lay = widgets, widgets.Layout
-        self.w_set = W.ToggleButtons(options=list(self.datasets), description='images', style=dict(button_width='60px'))
-        self.w_index = W.IntSlider(min=0, max=len(self.datasets['train']) - 1, description='index',
-                                   continuous_update=False)
-        self.w_name = W.Text(description='name', continuous_update=False, layout=lay(width='230px'))
-        self.w_round = W.ToggleButtons(options=[(str(r), r) for r in self.rounds], value=self.rounds[-1],
-                                       description='round', style=dict(button_width='40px'))
-        class_options = [(n + (' (unseen)' if n in self.split.unseen else ''), n) for n in self.split.names]
-        self.w_class = W.Dropdown(options=[('all', 'all')] + class_options, description='class')
-        self.w_top_p = W.FloatSlider(value=100, min=1, max=100, step=1, description='top-p %', continuous_update=False)
-        self.w_min_prob = W.FloatSlider(value=0, min=0, max=1, step=0.05, description='min prob',
-                                        continuous_update=False)
-        self.w_views = {v: W.Checkbox(description=view_name(v), disabled=v == View(), indent=False,
-                                      layout=lay(width='60px'))
-                        for v in self.all_views}  # the identity view is the reference: always on
-        top = lambda: lay(align_self='flex-start')  # images keep their size instead of stretching to the box
-        self.w_titles = {p: W.HTML() for p in PANELS}
-        self.w_images = {p: W.Image(format='png', layout=top()) for p in PANELS}
-        self.w_notes = {p: W.HTML(layout=lay(width=f'{panel_px}px')) for p in PANELS}
-        self.w_legend, self.w_quality, self.w_status = W.HTML(), W.HTML(), W.HTML()
-        self.w_iou_note, self.w_live = W.HTML(), W.HTML()
-        self.w_iou = W.Image(format='png', layout=top())
-        panels = W.HBox([W.VBox([self.w_titles[p], self.w_images[p], self.w_notes[p]],
-                                layout=lay(width=f'{panel_px + 12}px')) for p in PANELS])
-        live = W.HBox([self.w_top_p, self.w_min_prob, W.HTML('&nbsp;views:'), *self.w_views.values()])
-        pickers = [W.HBox([self.w_set, self.w_round]), W.HBox([self.w_index, self.w_name, self.w_class])]
-        tables = W.HBox([W.VBox([self.w_quality], layout=lay(min_width='480px')),
-                         W.VBox([self.w_iou_note, self.w_iou])])
-        self.widget = W.VBox([*pickers, panels, self.w_legend, self.w_live, live, tables, self.w_status])
-        for w in (self.w_set, self.w_index, self.w_round, self.w_class, self.w_top_p, self.w_min_prob,
-                  *self.w_views.values()):
-            w.observe(self._changed, names='value')
-        self.w_name.observe(self._named, names='value')
+        self._controls()
+        self.widget = self._layout()
         self.show(image_set=image_set, index=index, k=self.rounds[-1] if k is None else k, cls=cls,
                   top_p=self.params.get('top_p', 100.0) if top_p is None else top_p, min_prob=min_prob,
                   views=self.run_views if views is None else views)
@@ -228,12 +199,50 @@ class Explorer:
                      doc='the views ticked, identity first (always: it is the reference)')
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
-    @contextmanager
-    def _hold(self):
-        "Change several widgets without recomputing after each."
-        self._holding += 1
-        try: yield
-        finally: self._holding -= 1
+# %% ../nbs/23_explore.ipynb #dbdde6a4
+@patch
+def _controls(self: Explorer):
+    "Make the explorer's widgets: the controls, and the titles, images and notes of the panels."
+    W, lay = widgets, widgets.Layout
+    self.w_set = W.ToggleButtons(options=list(self.datasets), description='images', style=dict(button_width='60px'))
+    self.w_index = W.IntSlider(min=0, max=len(self.datasets['train']) - 1, description='index',
+                               continuous_update=False)
+    self.w_name = W.Text(description='name', continuous_update=False, layout=lay(width='230px'))
+    self.w_round = W.ToggleButtons(options=[(str(r), r) for r in self.rounds], value=self.rounds[-1],
+                                   description='round', style=dict(button_width='40px'))
+    class_options = [(n + (' (unseen)' if n in self.split.unseen else ''), n) for n in self.split.names]
+    self.w_class = W.Dropdown(options=[('all', 'all')] + class_options, description='class')
+    self.w_top_p = W.FloatSlider(value=100, min=1, max=100, step=1, description='top-p %', continuous_update=False)
+    self.w_min_prob = W.FloatSlider(value=0, min=0, max=1, step=0.05, description='min prob',
+                                    continuous_update=False)
+    self.w_views = {v: W.Checkbox(description=view_name(v), disabled=v == View(), indent=False,
+                                  layout=lay(width='60px'))
+                    for v in self.all_views}  # the identity view is the reference: always on
+    top = lambda: lay(align_self='flex-start')  # images keep their size instead of stretching to the box
+    self.w_titles = {p: W.HTML() for p in PANELS}
+    self.w_images = {p: W.Image(format='png', layout=top()) for p in PANELS}
+    self.w_notes = {p: W.HTML(layout=lay(width=f'{self.panel_px}px')) for p in PANELS}
+    self.w_legend, self.w_quality, self.w_status = W.HTML(), W.HTML(), W.HTML()
+    self.w_iou_note, self.w_live = W.HTML(), W.HTML()
+    self.w_iou = W.Image(format='png', layout=top())
+
+# %% ../nbs/23_explore.ipynb #636e227d
+@patch
+def _layout(self: Explorer) -> widgets.VBox:
+    "The explorer's widget: its controls and panels in boxes, each control observed."
+    W, lay, panel_px = widgets, widgets.Layout, self.panel_px
+    panels = W.HBox([W.VBox([self.w_titles[p], self.w_images[p], self.w_notes[p]],
+                            layout=lay(width=f'{panel_px + 12}px')) for p in PANELS])
+    live = W.HBox([self.w_top_p, self.w_min_prob, W.HTML('&nbsp;views:'), *self.w_views.values()])
+    pickers = [W.HBox([self.w_set, self.w_round]), W.HBox([self.w_index, self.w_name, self.w_class])]
+    tables = W.HBox([W.VBox([self.w_quality], layout=lay(min_width='480px')),
+                     W.VBox([self.w_iou_note, self.w_iou])])
+    widget = W.VBox([*pickers, panels, self.w_legend, self.w_live, live, tables, self.w_status])
+    for w in (self.w_set, self.w_index, self.w_round, self.w_class, self.w_top_p, self.w_min_prob,
+              *self.w_views.values()):
+        w.observe(self._changed, names='value')
+    self.w_name.observe(self._named, names='value')
+    return widget
 
 # %% ../nbs/23_explore.ipynb #bbb3bd07
 @patch
@@ -269,6 +278,15 @@ def show(self: Explorer, *, image_set: str | None = None, index: int | None = No
             for v, c in self.w_views.items(): c.value = v in views
     self._changed()
     return self
+
+# %% ../nbs/23_explore.ipynb #241bc4d8
+@patch
+@contextmanager
+def _hold(self: Explorer):
+    "Change several widgets without recomputing after each."
+    self._holding += 1
+    try: yield
+    finally: self._holding -= 1
 
 @patch
 def _changed(self: Explorer, change=None):
@@ -318,6 +336,7 @@ def prediction(self: Explorer) -> np.ndarray:
             return model(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
     return _memo(self._preds, 512, (self.k, self.image_set, self.index), predict)
 
+# %% ../nbs/23_explore.ipynb #7bb6aa63
 @patch
 def saved_pseudo(self: Explorer) -> tuple[np.ndarray | None, str]:
     "The pseudo-labels round `k` trained on for the current image, or None and why there are none."
@@ -355,8 +374,15 @@ def live_pseudo(self: Explorer) -> tuple[np.ndarray | None, str]:
 def refresh(self: Explorer):
     "Recompute and redraw every panel, the legend, the quality table and the IoU bars for the current controls."
     with self._hold(): self.w_index.max = len(self.datasets[self.image_set]) - 1  # another set: may clamp the index
-    it, sp, k = self.item(), self.split, self.k
+    it = self.item()
     with self._hold(): self.w_name.value = it['name']
+    self._compute(it)
+    self._draw()
+
+@patch
+def _compute(self: Explorer, it: dict):
+    "The maps, notes, drawn panels, quality table, IoU, titles and legend classes of item `it` at round `k`."
+    sp, k = self.split, self.k
     hidden = sp.encode(it['label'], train=False)
     maps, notes = dict(image=None, truth=hidden.numpy(), prediction=self.prediction()), {}
     (maps['pseudo'], notes['pseudo']), (maps['live'], notes['live']) = self.saved_pseudo(), self.live_pseudo()
@@ -373,18 +399,23 @@ def refresh(self: Explorer):
     cols = dict(n_pseudo='pixels', n_correct='correct', precision='precision', recall='recall', coverage='coverage')
     self.quality = (pd.DataFrame(rows).T.rename(columns=cols)[list(cols.values())].astype(dict(pixels=int, correct=int))
                     if rows else None)
-    self.iou, iou_note = iou_frame(round_metrics(self.run_dir, k), sp)
-    self.titles = titles = dict(image=f"{it['name']} ({self.image_set})", truth='ground truth',
-                                pseudo=f'saved pseudo r{k}', live=f'live pseudo r{k}' if k else 'live pseudo',
-                                prediction=f'prediction r{k}')
+    self.iou, self.iou_note = iou_frame(round_metrics(self.run_dir, k), sp)
+    self.titles = dict(image=f"{it['name']} ({self.image_set})", truth='ground truth', pseudo=f'saved pseudo r{k}',
+                       live=f'live pseudo r{k}' if k else 'live pseudo', prediction=f'prediction r{k}')
+    present = sorted(set().union(*(np.unique(m).tolist() for m in maps.values() if m is not None)) - {IGNORE_INDEX})
+    self.legend = [only] if only is not None else [c for c in present if c < sp.n_classes]
+
+# %% ../nbs/23_explore.ipynb #fef318db
+@patch
+def _draw(self: Explorer):
+    "Show what `_compute` kept in the widgets: panels, legend, the live labeler's line, quality table, IoU bars."
+    k = self.k
     for p in PANELS:
-        self.w_titles[p].value = f'<b>{html.escape(titles[p])}</b>'
+        self.w_titles[p].value = f'<b>{html.escape(self.titles[p])}</b>'
         self.w_images[p].value = _png(self.rgb[p], self.panel_px) if p in self.rgb else b''
         self.w_images[p].layout.display = '' if p in self.rgb else 'none'
         self.w_notes[p].value = f'<small>{html.escape(self.notes[p])}</small>' if self.notes[p] else ''
-    present = sorted(set().union(*(np.unique(m).tolist() for m in maps.values() if m is not None)) - {IGNORE_INDEX})
-    self.legend = [only] if only is not None else [c for c in present if c < sp.n_classes]
-    self.w_legend.value = legend_html(self.legend, self.colors, sp)
+    self.w_legend.value = legend_html(self.legend, self.colors, self.split)
     self.w_live.value = (f"<b>live relabeling</b> by round {k}'s generator, the model of round {k - 1}: tick views, "
                          "move the top-p and minimum-probability filters (both rank by the identity view's softmax "
                          'over the candidate classes)' if k else
@@ -392,7 +423,7 @@ def refresh(self: Explorer):
     heading = f'<b>pseudo-labels vs hidden truth</b> (class: {html.escape(self.cls)}; percent)'
     self.w_quality.value = (heading + self.quality.round(1).to_html() if self.quality is not None
                             else '<i>no pseudo-labels for this round and image</i>')
-    iou_detail = f': <i>{html.escape(iou_note)}</i>' if iou_note else ' (no calibration)'
+    iou_detail = f': <i>{html.escape(self.iou_note)}</i>' if self.iou_note else ' (no calibration)'
     self.w_iou_note.value = f'<b>IoU per class, round {k}</b>' + iou_detail
     self.w_iou.value = b'' if self.iou is None else _memo(self._iou_png, 64, (k, self.cls), self._iou_bars_png)
     self.w_iou.layout.display = 'none' if self.iou is None else ''

@@ -10,56 +10,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from .clustering import batched_kmeans, cluster_confusion, kmeans, label_lut, matched_scores, references, view_scores
 from .config import RunConfig, Section, need, param
 from .core import IGNORE_INDEX, atomic_write, get_device, load_mask, save_mask
 from .datasets import normalize, size_batches
-from .splits import Split, label_view, label_views
-from .train import Round, load_checkpoint, model_from_checkpoint, save_checkpoint, train, write_metrics
+from .round import Round, timed, write_metrics
+from .splits import Split
+from .train import load_checkpoint, model_from_checkpoint, save_checkpoint, train
 
 # %% auto #0
-__all__ = ['INIT_NORMS', 'MARKER', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN', 'kmeans',
-           'context_embedding', 'parse_grids', 'Config', 'pixel_embeddings', 'sample_embeddings', 'global_centroids',
-           'data_init', 'pyramid_labels', 'cluster_confusion', 'hungarian_match', 'matched_scores', 'majority_scores',
-           'view_scores', 'ClusterDataset', 'class_matrix', 'label_round', 'train_round', 'cluster_assign',
-           'evaluate_round', 'rgb_kmeans', 'references']
-
-# %% ../nbs/18_fs4.ipynb #1743ecd1
-def _kmeans(x: torch.Tensor, mask: torch.Tensor, k: int, *, iters: int, gen: torch.Generator,
-            init: torch.Tensor | None = None):
-    "Batched spherical k-means of unit rows `x` (G, M, D) with valid points `mask` (G, M): centroids, assignments."
-    G, M, D = x.shape
-    w = mask.to(x.dtype)
-    pick = lambda p: torch.multinomial(p.double().cpu(), 1, generator=gen).to(x.device)  # (G, 1)
-    gather = lambda i: x.gather(1, i[..., None].expand(G, 1, D))
-    C = gather(pick(w)) if init is None else F.normalize(init.to(x), dim=-1)
-    best = torch.einsum('gmd,gkd->gm', x, C)
-    for _ in range(C.shape[1], k):  # k-means++: squared distance on the sphere is 2 (1 - cos)
-        d = (1 - best).clamp(min=0) * w
-        c = gather(pick(torch.where(d.sum(1, keepdim=True) > 0, d, w)))  # all covered: draw uniformly
-        C = torch.cat([C, c], 1)
-        best = torch.maximum(best, torch.einsum('gmd,gkd->gm', x, c))
-    a = None
-    for _ in range(iters):
-        new = torch.einsum('gmd,gkd->gmk', x, C).argmax(-1)
-        if a is not None and torch.equal(new, a): break
-        a = new
-        oh = F.one_hot(a, k).to(x.dtype) * w[..., None]
-        s, n = oh.transpose(1, 2) @ x, oh.sum(1)
-        C = torch.where(n[..., None] > 0, F.normalize(s, dim=-1), C)
-    if a is None: a = torch.einsum('gmd,gkd->gmk', x, C).argmax(-1)
-    return C, a
-
-def kmeans(x: torch.Tensor, k: int, *, iters: int = 30, seed: int = 0,
-           init: torch.Tensor | None = None) -> torch.Tensor:
-    "Spherical k-means of the rows of `x` (N, D), k-means++ from `seed` or started at `init` (k, D): centroids (k, D)."
-    if x.ndim != 2: raise ValueError(f'kmeans: x must be (N, D) rows, got shape {tuple(x.shape)}')
-    if not 1 <= k <= len(x): raise ValueError(f'kmeans: k must be in 1..{len(x)} (the number of rows), got {k}')
-    if init is not None and tuple(init.shape) != (k, x.shape[1]):
-        raise ValueError(f'kmeans: init must be ({k}, {x.shape[1]}), got {tuple(init.shape)}')
-    x = F.normalize(x.float(), dim=1)
-    C, _ = _kmeans(x[None], torch.ones(1, len(x), dtype=torch.bool, device=x.device), k, iters=iters,
-                   gen=torch.Generator().manual_seed(seed), init=None if init is None else init[None])
-    return C[0]
+__all__ = ['INIT_NORMS', 'MARKER', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN', 'context_embedding',
+           'parse_grids', 'Config', 'check_options', 'pixel_embeddings', 'sample_embeddings', 'global_centroids',
+           'data_init', 'pyramid_labels', 'ClusterDataset', 'class_matrix', 'label_round', 'train_round',
+           'cluster_assign', 'evaluate_round']
 
 # %% ../nbs/18_fs4.ipynb #8c3cd353
 def context_embedding(feats: torch.Tensor, *, radius: int = 1, sigma_xy: float = 1.0,
@@ -93,6 +56,7 @@ def parse_grids(spec: str) -> tuple[int, ...]:
     need('fs4_grids', spec, ok, "distinct positive grid sides such as '1,2,4' ('' for global labels only)")
     return grids
 
+# %% ../nbs/18_fs4.ipynb #cad7fb21
 @dataclass
 class Config(Section):
     "FS^4's clusters, pyramid pseudo-labels, context embedding, k-means and round 0's label-free init."
@@ -113,21 +77,7 @@ class Config(Section):
     fs4_warm_start: bool = param(True, "global k-means starts from the previous round's centroids")
     fs4_eval_recluster: bool = param(True, 'also report re-clustered features as a diagnostic')
 
-    def check(self):
-        need('n_clusters', self.n_clusters, 0 <= self.n_clusters < IGNORE_INDEX,
-             f'an int in 0..{IGNORE_INDEX - 1} (0: the number of dataset classes)')
-        need('fs4_emb_dim', self.fs4_emb_dim, self.fs4_emb_dim >= 2, 'an int >= 2')
-        parse_grids(self.fs4_grids)
-        need('fs4_local_k', self.fs4_local_k, self.fs4_local_k >= 1, 'an int >= 1')
-        need('fs4_min_agree', self.fs4_min_agree, 0 <= self.fs4_min_agree <= 1, 'a fraction in 0..1')
-        need('fs4_min_share', self.fs4_min_share, 0 <= self.fs4_min_share < 1, 'a fraction in 0..1, below 1 (0 is off)')
-        need('fs4_context_radius', self.fs4_context_radius, self.fs4_context_radius >= 0,
-             'an int >= 0 (0: no context embedding)')
-        for n in ('fs4_sigma_xy', 'fs4_sigma_f'): need(n, getattr(self, n), getattr(self, n) > 0, 'a float > 0')
-        for n in ('fs4_sample_pixels', 'fs4_kmeans_iters', 'fs4_local_iters', 'fs4_init_images'):
-            need(n, getattr(self, n), getattr(self, n) >= 1, 'an int >= 1')
-        need('fs4_init_norm', self.fs4_init_norm, self.fs4_init_norm in INIT_NORMS,
-             f"one of {', '.join(map(repr, INIT_NORMS))}")
+    def check(self): check_options(self)
 
     def clusters(self, n_classes: int) -> int:
         "K: `n_clusters`, or `n_classes` (the dataset's classes, background included) when it is 0."
@@ -136,6 +86,24 @@ class Config(Section):
     def context(self) -> dict:
         "The keyword arguments of `context_embedding`."
         return dict(radius=self.fs4_context_radius, sigma_xy=self.fs4_sigma_xy, sigma_f=self.fs4_sigma_f)
+
+# %% ../nbs/18_fs4.ipynb #37b9444f
+def check_options(o: Config):
+    "Refuse bad values of FS^4's section: a ValueError names the parameter, its value and the valid range."
+    need('n_clusters', o.n_clusters, 0 <= o.n_clusters < IGNORE_INDEX,
+         f'an int in 0..{IGNORE_INDEX - 1} (0: the number of dataset classes)')
+    need('fs4_emb_dim', o.fs4_emb_dim, o.fs4_emb_dim >= 2, 'an int >= 2')
+    parse_grids(o.fs4_grids)
+    need('fs4_local_k', o.fs4_local_k, o.fs4_local_k >= 1, 'an int >= 1')
+    need('fs4_min_agree', o.fs4_min_agree, 0 <= o.fs4_min_agree <= 1, 'a fraction in 0..1')
+    need('fs4_min_share', o.fs4_min_share, 0 <= o.fs4_min_share < 1, 'a fraction in 0..1, below 1 (0 is off)')
+    need('fs4_context_radius', o.fs4_context_radius, o.fs4_context_radius >= 0,
+         'an int >= 0 (0: no context embedding)')
+    for n in ('fs4_sigma_xy', 'fs4_sigma_f'): need(n, getattr(o, n), getattr(o, n) > 0, 'a float > 0')
+    for n in ('fs4_sample_pixels', 'fs4_kmeans_iters', 'fs4_local_iters', 'fs4_init_images'):
+        need(n, getattr(o, n), getattr(o, n) >= 1, 'an int >= 1')
+    need('fs4_init_norm', o.fs4_init_norm, o.fs4_init_norm in INIT_NORMS,
+         f"one of {', '.join(map(repr, INIT_NORMS))}")
 
 # %% ../nbs/18_fs4.ipynb #ef006326
 @torch.no_grad()
@@ -234,13 +202,14 @@ def _level_labels(x: torch.Tensor, glob: torch.Tensor, h: int, w: int, n: int, K
     mask[:, ci, pi] = True
     gc[:, ci, pi] = glob[:, order]
     G = B * n * n
-    _, a = _kmeans(xc.view(G, M, D), mask.view(G, M), kk, iters=iters, gen=gen)
+    _, a = batched_kmeans(xc.view(G, M, D), mask.view(G, M), kk, iters=iters, gen=gen)
     votes = torch.zeros(G, kk * K, device=x.device).scatter_add_(1, a * K + gc.view(G, M), mask.view(G, M).float())
     lab = votes.view(G, kk, K).argmax(-1).gather(1, a).view(B, n * n, M)  # majority global label of each local cluster
     out = torch.empty(B, hw, dtype=torch.long, device=x.device)
     out[:, order] = lab[:, ci, pi]
     return out
 
+# %% ../nbs/18_fs4.ipynb #e294fa9f
 def pyramid_labels(feats: torch.Tensor, centroids: torch.Tensor, *, grids=(1, 2, 4), local_k: int = 3,
                    min_agree: float = 0.5, min_share: float = 0.0, iters: int = 10, seed: int = 0,
                    size=None) -> torch.Tensor:
@@ -263,60 +232,6 @@ def pyramid_labels(feats: torch.Tensor, centroids: torch.Tensor, *, grids=(1, 2,
     lab = lab.view(B, 1, h, w).float()
     if size is not None: lab = F.interpolate(lab, size=tuple(size), mode='nearest')
     return lab[:, 0].long()
-
-# %% ../nbs/18_fs4.ipynb #02c00337
-def cluster_confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int, n_clusters: int) -> torch.Tensor:
-    "(n_classes, n_clusters) pixel counts, rows = target class, cols = cluster, over targets in 0..n_classes-1."
-    t, p = target.reshape(-1).long(), pred.reshape(-1).long().to(target.device)
-    keep = (t >= 0) & (t < n_classes)
-    t, p = t[keep], p[keep]
-    if ((p < 0) | (p >= n_clusters)).any(): raise ValueError(f'cluster ids must lie in 0..{n_clusters - 1}')
-    return torch.bincount(t * n_clusters + p, minlength=n_classes * n_clusters).view(n_classes, n_clusters)
-
-def _class_scores(mat: torch.Tensor, pred: torch.Tensor, names) -> dict:
-    "mIoU, pixel_acc and per-class IoU (percent) of a (classes, K) confusion whose clusters predict as `pred` says."
-    tp = pred.diagonal()  # pred: class x predicted class, the clusters' pixels summed into their predicted class
-    union = mat.sum(1) + pred.sum(0) - tp
-    iou = torch.where(union > 0, 100 * tp / union.clamp(min=1), torch.full_like(tp, float('nan')))
-    total = mat.sum().item()
-    return dict(mIoU=float(iou.nanmean()) if (~iou.isnan()).any() else float('nan'),
-                pixel_acc=100 * tp.sum().item() / total if total else float('nan'),
-                iou={names[i]: float(v) for i, v in enumerate(iou)})
-
-def hungarian_match(mat) -> dict[int, int]:
-    "One-to-one {cluster: class} maximising matched pixels of a (classes, clusters) confusion matrix."
-    from scipy.optimize import linear_sum_assignment
-    m = torch.as_tensor(mat).cpu().double().numpy()
-    rows, cols = linear_sum_assignment(m, maximize=True)
-    return {int(c): int(r) for r, c in sorted(zip(rows, cols), key=lambda rc: rc[1])}
-
-def matched_scores(mat, names) -> dict:
-    "mIoU, pixel_acc (percent), per-class IoU {name: %} and the matching {cluster: name} after Hungarian matching."
-    mat = torch.as_tensor(mat).cpu().double()
-    n, K = mat.shape
-    if len(names) != n: raise ValueError(f'names has {len(names)} entries but the confusion matrix has {n} class rows')
-    match = hungarian_match(mat)
-    pred = torch.zeros(n, n, dtype=torch.float64)  # class x matched class; unmatched clusters predict nothing
-    for c, r in match.items(): pred[:, r] = mat[:, c]
-    return dict(_class_scores(mat, pred, names), matching={c: names[r] for c, r in match.items()})
-
-# %% ../nbs/18_fs4.ipynb #f4v00002
-def majority_scores(mat, names) -> dict:
-    "mIoU and pixel_acc (percent) when each cluster of a (classes, K) confusion predicts its majority class."
-    mat = torch.as_tensor(mat).cpu().double()
-    n, K = mat.shape
-    if len(names) != n: raise ValueError(f'names has {len(names)} entries but the confusion matrix has {n} class rows')
-    return _class_scores(mat, torch.zeros(n, n, dtype=torch.float64).index_add_(1, mat.argmax(0), mat), names)
-
-def view_scores(mat, names, *, views=None, majority: bool = False) -> dict:
-    "{view: dict(mIoU, pixel_acc, iou)} of a (classes, K) confusion read through each label view that applies."
-    mat, out = torch.as_tensor(mat).cpu(), {}
-    for v in (views or label_views(names)):
-        coarse, groups = label_view(names, v)
-        m = torch.zeros(len(coarse), mat.shape[1], dtype=mat.dtype).index_add_(0, torch.tensor(groups), mat)
-        sc = majority_scores(m, coarse) if majority else matched_scores(m, coarse)
-        out[v] = dict(mIoU=sc['mIoU'], pixel_acc=sc['pixel_acc'], iou=sc['iou'])
-    return out
 
 # %% ../nbs/18_fs4.ipynb #ba1d3c54
 MARKER = 'quality.json'  # written last into a pseudo-label folder: the folder is complete
@@ -341,7 +256,7 @@ class ClusterDataset(Dataset):
         return dict(image=item['image'], target=target, label=item['label'], name=item['name'])
 
 # %% ../nbs/18_fs4.ipynb #eaef1385
-ROUNDS = 1  # after round 0: a second round gave back part of the first's gain on shapes (see the sweep)
+ROUNDS = 1  # after round 0: a second round gave back part of the first's gain on shapes (nbs/experiments/fs4_setting)
 MAX_ROUNDS = None  # no limit
 MULTI_PROCESS = False  # global k-means, labeling and data_init are not sharded
 ROUND0_OPTS = Config.names()  # round 0 reads most of them, and trains nothing: nothing worth sharing
@@ -354,12 +269,6 @@ def class_matrix(cfg: RunConfig, split: Split) -> torch.Tensor:
     return F.normalize(torch.randn(opts.clusters(len(split.classes)), opts.fs4_emb_dim, generator=g), dim=1)
 
 # %% ../nbs/18_fs4.ipynb #c1a1b73e
-def _label_lut(split: Split) -> torch.Tensor:
-    "Dataset label id -> index into split.classes (all classes, background included); void and unknown ids ignored."
-    lut = torch.full((256,), IGNORE_INDEX, dtype=torch.long)
-    for i, lid in enumerate(split.label_ids): lut[lid] = i
-    return lut
-
 def label_round(r: Round) -> dict | None:
     "Round k >= 1: global centroids and pyramid pseudo-labels of the training set (skipped if complete)."
     if r.k == 0 or r.generator is None: return None
@@ -367,7 +276,7 @@ def label_round(r: Round) -> dict | None:
     if (out / MARKER).is_file(): return json.loads((out / MARKER).read_text())
     t0, dev, seed, bs = time.time(), r.device, r.cfg.train.seed + r.k, r.cfg.eval.eval_batch
     classes = list(r.split.classes)
-    K, lut = opts.clusters(len(classes)), _label_lut(r.split)
+    K, lut = opts.clusters(len(classes)), label_lut(r.split)
     prev = r.dir.parent / f'round_{r.k - 1}' / 'centroids.pt'  # the generator's prototypes, if it was a round >= 1
     init = torch.load(prev, weights_only=True) if opts.fs4_warm_start and prev.is_file() else None
     cents = global_centroids(r.generator, r.train_set, k=K, sample_pixels=opts.fs4_sample_pixels,
@@ -401,25 +310,25 @@ def _meta(r: Round, emb: torch.Tensor, K: int) -> dict:
 
 def train_round(r: Round) -> dict:
     "Round 0: save the data-initialised random network untrained; round k: train the student on the cluster ids."
-    t0, opts, tc = time.time(), r.opts, r.cfg.train
+    opts, tc = r.opts, r.cfg.train
     K = opts.clusters(len(r.split.classes))
-    if r.k == 0:
-        if r.student.n_classes != K:
-            raise ValueError(f'the round-0 network scores {r.student.n_classes} prototypes but n_clusters gives K={K}; '
-                             'build the round with class_matrix=zls.fs4.class_matrix')
-        if not r.ckpt.exists():
-            data_init(r.student, r.train_set, norm=opts.fs4_init_norm, n_images=opts.fs4_init_images,
-                      batch_size=r.cfg.eval.eval_batch, seed=tc.seed, device=r.device)
-            save_checkpoint(r.ckpt, model=r.student, step=0, meta=dict(_meta(r, r.student.emb, K), log=[]))
-        r.times['train_s'] = round(time.time() - t0, 1)
-        return dict(log=[], start=0, skipped=True)
-    cpath = r.dir / 'centroids.pt'
-    if not cpath.is_file(): raise FileNotFoundError(f'{cpath} does not exist; run label_round for round {r.k} first')
-    cents = torch.load(cpath, weights_only=True)
-    r.student.set_classes(cents)
-    out = train(r.student, ClusterDataset(r.train_set, r.pseudo_dir), tc, iters=tc.iters, seed=tc.seed + 1000 * r.k,
-                ckpt=r.ckpt, meta=_meta(r, cents, K), progress=False)
-    r.times['train_s'] = round(time.time() - t0, 1)
+    with timed(r, 'train_s'):
+        if r.k == 0:
+            if r.student.n_classes != K:
+                raise ValueError(f'the round-0 network scores {r.student.n_classes} prototypes but n_clusters gives '
+                                 f'K={K}; build the round with class_matrix=zls.fs4.class_matrix')
+            if not r.ckpt.exists():
+                data_init(r.student, r.train_set, norm=opts.fs4_init_norm, n_images=opts.fs4_init_images,
+                          batch_size=r.cfg.eval.eval_batch, seed=tc.seed, device=r.device)
+                save_checkpoint(r.ckpt, model=r.student, step=0, meta=dict(_meta(r, r.student.emb, K), log=[]))
+            return dict(log=[], start=0, skipped=True)
+        cpath = r.dir / 'centroids.pt'
+        if not cpath.is_file():
+            raise FileNotFoundError(f'{cpath} does not exist; run label_round for round {r.k} first')
+        cents = torch.load(cpath, weights_only=True)
+        r.student.set_classes(cents)
+        out = train(r.student, ClusterDataset(r.train_set, r.pseudo_dir), tc, iters=tc.iters,
+                    seed=tc.seed + 1000 * r.k, ckpt=r.ckpt, meta=_meta(r, cents, K), progress=False)
     return out
 
 # %% ../nbs/18_fs4.ipynb #659d9321
@@ -427,7 +336,7 @@ def train_round(r: Round) -> dict:
 def cluster_assign(model, dataset, split: Split, K: int, *, centroids=None, ctx=None, batch_size: int = 64,
                    device=None) -> torch.Tensor:
     "Confusion (classes, K) of per-pixel clusters: nearest centroid of context embeddings, or the model's argmax."
-    lut, mat = _label_lut(split), torch.zeros(len(split.classes), K, dtype=torch.long)
+    lut, mat = label_lut(split), torch.zeros(len(split.classes), K, dtype=torch.long)
     dev = get_device(device)
     model.to(dev).eval()
     for batch in size_batches(dataset, batch_size):
@@ -441,85 +350,36 @@ def cluster_assign(model, dataset, split: Split, K: int, *, centroids=None, ctx=
         mat += cluster_confusion(scores.argmax(1).cpu(), truth, len(split.classes), K)
     return mat
 
+# %% ../nbs/18_fs4.ipynb #f98f7bad
 def evaluate_round(r: Round) -> dict:
     "Hungarian-matched mIoU / pixel accuracy of the round's clusters on the validation set; writes metrics.json last."
-    t0, opts, dev = time.time(), r.opts, r.device
-    ck = load_checkpoint(r.ckpt)  # read once: the model and the loss log both come from it
-    model = model_from_checkpoint(ck)
-    classes, K = list(r.split.classes), model.n_classes
-    bs = r.cfg.eval.eval_batch
-    recluster = lambda m: global_centroids(m, r.train_set, k=K, sample_pixels=opts.fs4_sample_pixels,
-                                           iters=opts.fs4_kmeans_iters, seed=r.cfg.train.seed + r.k, batch_size=bs,
-                                           device=dev, **opts.context())
-    kw = dict(batch_size=bs, device=dev)
-    if r.k == 0:
-        mat = cluster_assign(model, r.val_set, r.split, K, centroids=recluster(model), ctx=opts.context(), **kw)
-    else: mat = cluster_assign(model, r.val_set, r.split, K, **kw)
-    sc = matched_scores(mat, classes)
-    res = dict(round=r.k, params=r.cfg.flat(), times=r.times, plain=dict(mIoU=sc['mIoU'], pixel_acc=sc['pixel_acc']),
-               plain_iou=sc['iou'], matching={str(c): n for c, n in sc['matching'].items()},
-               assignment='kmeans (random-init baseline)' if r.k == 0 else 'student argmax over prototypes')
-    res['views'] = view_scores(mat, classes)
-    res['views_majority'] = view_scores(mat, classes, majority=True)
-    res['references'] = references(r.train_set, r.val_set, r.split, seed=r.cfg.train.seed,
-                                   sample_pixels=opts.fs4_sample_pixels, batch_size=bs)
-    if r.k > 0 and opts.fs4_eval_recluster:
-        rmat = cluster_assign(model, r.val_set, r.split, K, centroids=recluster(model), ctx=opts.context(), **kw)
-        rc = matched_scores(rmat, classes)
-        res['reclustered'] = dict(mIoU=rc['mIoU'], pixel_acc=rc['pixel_acc'])
-    q = r.pseudo_dir / MARKER
-    if q.is_file(): res['pseudo_quality'] = json.loads(q.read_text())
-    res['log'] = ck['meta'].get('log', [])
-    r.times['eval_s'] = round(time.time() - t0, 1)
+    opts, dev = r.opts, r.device
+    with timed(r, 'eval_s'):
+        ck = load_checkpoint(r.ckpt)  # read once: the model and the loss log both come from it
+        model = model_from_checkpoint(ck)
+        classes, K = list(r.split.classes), model.n_classes
+        bs = r.cfg.eval.eval_batch
+        recluster = lambda m: global_centroids(m, r.train_set, k=K, sample_pixels=opts.fs4_sample_pixels,
+                                               iters=opts.fs4_kmeans_iters, seed=r.cfg.train.seed + r.k,
+                                               batch_size=bs, device=dev, **opts.context())
+        kw = dict(batch_size=bs, device=dev)
+        if r.k == 0:
+            mat = cluster_assign(model, r.val_set, r.split, K, centroids=recluster(model), ctx=opts.context(), **kw)
+        else: mat = cluster_assign(model, r.val_set, r.split, K, **kw)
+        sc = matched_scores(mat, classes)
+        res = dict(round=r.k, params=r.cfg.flat(), times=r.times,
+                   plain=dict(mIoU=sc['mIoU'], pixel_acc=sc['pixel_acc']), plain_iou=sc['iou'],
+                   matching={str(c): n for c, n in sc['matching'].items()},
+                   assignment='kmeans (random-init baseline)' if r.k == 0 else 'student argmax over prototypes')
+        res['views'] = view_scores(mat, classes)
+        res['views_majority'] = view_scores(mat, classes, majority=True)
+        res['references'] = references(r.train_set, r.val_set, r.split, seed=r.cfg.train.seed,
+                                       sample_pixels=opts.fs4_sample_pixels, batch_size=bs)
+        if r.k > 0 and opts.fs4_eval_recluster:
+            rmat = cluster_assign(model, r.val_set, r.split, K, centroids=recluster(model), ctx=opts.context(), **kw)
+            rc = matched_scores(rmat, classes)
+            res['reclustered'] = dict(mIoU=rc['mIoU'], pixel_acc=rc['pixel_acc'])
+        q = r.pseudo_dir / MARKER
+        if q.is_file(): res['pseudo_quality'] = json.loads(q.read_text())
+        res['log'] = ck['meta'].get('log', [])
     return write_metrics(r, res)
-
-# %% ../nbs/18_fs4.ipynb #f4r00002
-def rgb_kmeans(x: torch.Tensor, k: int, *, iters: int = 30, seed: int = 0) -> torch.Tensor:
-    "Euclidean k-means of the rows of `x` (N, C), k-means++ from `seed`: centroids (k, C)."
-    if not 1 <= k <= len(x): raise ValueError(f'rgb_kmeans: k must be in 1..{len(x)} (the number of rows), got {k}')
-    x, g = x.float(), torch.Generator().manual_seed(seed)
-    C = x[torch.randint(len(x), (1,), generator=g)]
-    for _ in range(1, k):
-        d = torch.cdist(x, C).min(1).values ** 2
-        C = torch.cat([C, x[torch.multinomial(d + 1e-12, 1, generator=g)]])
-    a = None
-    for _ in range(iters):
-        new = torch.cdist(x, C).argmin(1)
-        if a is not None and torch.equal(new, a): break
-        a = new
-        n = torch.bincount(a, minlength=k).float()
-        s = torch.zeros_like(C).index_add_(0, a, x)
-        C = torch.where(n[:, None] > 0, s / n.clamp(min=1)[:, None], C)
-    return C
-
-@torch.no_grad()
-def references(train_set, val_set, split: Split, *, seed: int = 0, sample_pixels: int = 100_000,
-               batch_size: int = 64) -> dict:
-    "{reference: {view: scores}} on `val_set`: one cluster, raw-RGB k-means (K = the view's classes), colour oracle."
-    classes, lut = list(split.classes), _label_lut(split)
-    views = label_views(classes)
-    per_image, g = max(1, -(-sample_pixels // len(train_set))), torch.Generator().manual_seed(seed)
-    px = []
-    for batch in size_batches(train_set, batch_size):
-        x = torch.stack([b['image'] for b in batch]).flatten(2).transpose(1, 2).float()  # (B, HW, 3)
-        idx = torch.rand(x.shape[:2], generator=g).argsort(1)[:, :min(per_image, x.shape[1])]
-        px.append(x.gather(1, idx[..., None].expand(-1, -1, 3)).flatten(0, 1))
-    px = torch.cat(px)
-    cents = {v: rgb_kmeans(px, len(label_view(classes, v)[0]), seed=seed) for v in views}
-    mats = {v: torch.zeros(len(classes), len(c), dtype=torch.long) for v, c in cents.items()}
-    counts = torch.zeros(len(classes), 1, dtype=torch.long)
-    for batch in size_batches(val_set, batch_size):
-        x = torch.stack([b['image'] for b in batch]).float()
-        truth = lut[torch.stack([b['label'] for b in batch]).long()]
-        rgb = x.permute(0, 2, 3, 1).reshape(-1, 3)
-        for v, c in cents.items():
-            mats[v] += cluster_confusion(torch.cdist(rgb, c).argmin(1).view(truth.shape), truth, len(classes), len(c))
-        counts += cluster_confusion(torch.zeros_like(truth), truth, len(classes), 1)
-    out = {'one cluster': view_scores(counts, classes),
-           'k-means on raw RGB': {v: view_scores(m, classes, views=[v])[v] for v, m in mats.items()}}
-    if 'colour' in views:
-        coarse, groups = label_view(classes, 'colour')
-        oracle = torch.zeros(len(classes), len(coarse), dtype=torch.long)
-        oracle[torch.arange(len(classes)), torch.tensor(groups)] = counts[:, 0]
-        out['colour oracle'] = view_scores(oracle, classes)
-    return out

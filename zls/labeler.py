@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .core import IGNORE_INDEX, atomic_write, get_device, load_mask, save_mask
 from .splits import Split
@@ -149,6 +150,7 @@ def top_p_mask(pseudo: torch.Tensor, conf: torch.Tensor, top_p: float) -> torch.
     out[b[drop], pix[drop]] = IGNORE_INDEX
     return out.reshape(pseudo.shape)
 
+# %% ../nbs/12_labeler.ipynb #3e36a60b
 def vote(sub: torch.Tensor, candidates: torch.Tensor, split: Split, top_p: float) -> torch.Tensor:
     "Pseudo-labels from logits `sub` `(V, B, K, H, W)` over the classes `considered_idx(split)` (no checks)."
     V, B, K, H, W = sub.shape
@@ -205,6 +207,7 @@ def _fresh(out_dir: Path) -> Path:
     if is_main(): (out_dir / 'quality.csv').unlink(missing_ok=True)
     return out_dir
 
+# %% ../nbs/12_labeler.ipynb #91173835
 def label_offline(generator: nn.Module, dataset, split: Split, out_dir, *, views=DEFAULT_VIEWS, top_p: float = 100,
                   batch_size: int = 32, device=None, progress: bool = True, num_workers: int = 0,
                   identity_dir=None) -> 'pd.DataFrame':
@@ -254,21 +257,6 @@ class PseudoDataset(Dataset):
 
     def __len__(self) -> int: return len(self.base)
 
-    def pseudo(self, name: str, shape) -> torch.Tensor:
-        "The pseudo-label map of image `name`, checked against the split and the image size."
-        path = self.pseudo_dir / f'{name}.png'
-        if not path.is_file():
-            raise FileNotFoundError(f'no pseudo-label map {path} for image {name!r}; label_offline writes '
-                                    'one per image: label this dataset into that folder')
-        p = load_mask(path)
-        if p.shape != tuple(shape):
-            raise ValueError(f'{path}: pseudo-label map is {p.shape}, its image is {tuple(shape)}')
-        if not self._allowed[p].all():
-            bad = sorted(set(np.unique(p)) - set(np.flatnonzero(self._allowed)))
-            raise ValueError(f'{path} holds values {bad} that '
-                             f'are not unseen classes of split {self.split.name!r}: was it made for another split?')
-        return torch.from_numpy(p)
-
     def __getitem__(self, i: int) -> dict:
         item = self.base[i]
         label = torch.as_tensor(item['label'])
@@ -278,3 +266,20 @@ class PseudoDataset(Dataset):
         image = item['image']
         if self.transform is not None: image, target = self.transform(image, target)
         return dict(image=image, target=target, label=label, name=item['name'])
+
+# %% ../nbs/12_labeler.ipynb #7b9c631d
+@patch
+def pseudo(self: PseudoDataset, name: str, shape) -> torch.Tensor:
+    "The pseudo-label map of image `name`, checked against the split and the image size."
+    path = self.pseudo_dir / f'{name}.png'
+    if not path.is_file():
+        raise FileNotFoundError(f'no pseudo-label map {path} for image {name!r}; label_offline writes '
+                                'one per image: label this dataset into that folder')
+    p = load_mask(path)
+    if p.shape != tuple(shape):
+        raise ValueError(f'{path}: pseudo-label map is {p.shape}, its image is {tuple(shape)}')
+    if not self._allowed[p].all():
+        bad = sorted(set(np.unique(p)) - set(np.flatnonzero(self._allowed)))
+        raise ValueError(f'{path} holds values {bad} that '
+                         f'are not unseen classes of split {self.split.name!r}: was it made for another split?')
+    return torch.from_numpy(p)

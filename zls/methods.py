@@ -13,7 +13,7 @@ from . import fs4, pretrain, pseudoseg, strict, supervised
 from .config import COMMON, RunConfig, Section, did_you_mean
 from .labeler import parse_views
 from .splits import Split
-from .train import Round
+from .round import Round
 
 # %% auto #0
 __all__ = ['INTERFACE', 'METHODS', 'DEFAULT_METHOD', 'Method', 'get_method', 'method_problems', 'owners', 'run_config',

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import torch
 import torch.distributed as dist
+from fastcore.basics import patch
 from typing import TYPE_CHECKING
 from .core import IGNORE_INDEX
 from .splits import label_view
@@ -41,6 +42,14 @@ def confusion_matrix(pred, target, n_classes: int, *, ignore_index: int = IGNORE
     return torch.bincount(t * n_classes + p, minlength=n_classes ** 2).reshape(n_classes, n_classes)
 
 # %% ../nbs/07_metrics.ipynb #2d1792f1
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if not (dist.is_available() and dist.is_initialized()): return t
+    dev = t.device
+    if dist.get_backend() == 'nccl' and dev.type != 'cuda': t = t.to(torch.device('cuda', torch.cuda.current_device()))
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.to(dev)
+
+# %% ../nbs/07_metrics.ipynb #655bf6c5
 class ConfusionMatrix:
     "Accumulate a confusion matrix over batches; `reduce_()` sums it over torch.distributed ranks."
     def __init__(self, n_classes: int, *, ignore_index: int = IGNORE_INDEX, device=None):
@@ -70,13 +79,6 @@ class ConfusionMatrix:
         self.mat = _all_reduce_sum(self.mat)
         self.reduced = True
         return self
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if not (dist.is_available() and dist.is_initialized()): return t
-    dev = t.device
-    if dist.get_backend() == 'nccl' and dev.type != 'cuda': t = t.to(torch.device('cuda', torch.cuda.current_device()))
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.to(dev)
 
 # %% ../nbs/07_metrics.ipynb #34918c22
 def _as_mat(mat) -> torch.Tensor:
@@ -163,6 +165,28 @@ def view_summary(mat, names, view: str) -> dict:
     return dict(view=view, mIoU=_nanmean(iou), pixel_acc=acc, **{f'IoU {c}': float(v) for c, v in zip(coarse, iou)})
 
 # %% ../nbs/07_metrics.ipynb #9bbc63bb
+def _candidate_pixels(pseudo, hidden, candidates, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "The pseudo-labels and hidden true classes of the candidate pixels, after checking shapes, dtypes and values."
+    pseudo, hidden, cand = _tensor(pseudo, 'pseudo'), _tensor(hidden, 'hidden'), torch.as_tensor(candidates)
+    if not (pseudo.shape == hidden.shape == cand.shape):
+        raise ValueError(f'pseudo, hidden and candidates must have one shape, '
+                         f'got {tuple(pseudo.shape)}, {tuple(hidden.shape)}, {tuple(cand.shape)}')
+    if cand.dtype != torch.bool:
+        raise ValueError(f'candidates must be a bool mask (e.g. split.candidates(target)), got dtype {cand.dtype}')
+    pseudo, hidden, cand = pseudo.long(), hidden.long().to(pseudo.device), cand.to(pseudo.device)
+    outside = (pseudo != IGNORE_INDEX) & ~cand
+    if outside.any():
+        raise ValueError(f'{int(outside.sum())} pseudo-labels lie outside the candidate pixels; '
+                         'the labeler must only fill pixels without ground truth (set the others to IGNORE_INDEX)')
+    p, h = pseudo[cand], hidden[cand]
+    for x, what in ((p, 'pseudo'), (h, 'hidden')):
+        bad = (x != IGNORE_INDEX) & ((x < 0) | (x >= n))
+        if bad.any():
+            raise ValueError(f'{what} holds values outside 0..{n - 1} and IGNORE_INDEX (e.g. {int(x[bad][0])}); '
+                             'pass model class indices')
+    return p, h
+
+# %% ../nbs/07_metrics.ipynb #d23541a2
 class PseudoQuality:
     "Accumulate per-class precision, recall and coverage of pseudo-labels against the hidden truth."
     _cols = ('n_pseudo', 'n_true', 'n_correct', 'n_covered')
@@ -183,23 +207,7 @@ class PseudoQuality:
         if self.reduced:
             raise RuntimeError('this PseudoQuality was already summed over ranks; call reset() before adding batches')
         n = self.n_classes
-        pseudo, hidden, cand = _tensor(pseudo, 'pseudo'), _tensor(hidden, 'hidden'), torch.as_tensor(candidates)
-        if not (pseudo.shape == hidden.shape == cand.shape):
-            raise ValueError(f'pseudo, hidden and candidates must have one shape, '
-                             f'got {tuple(pseudo.shape)}, {tuple(hidden.shape)}, {tuple(cand.shape)}')
-        if cand.dtype != torch.bool:
-            raise ValueError(f'candidates must be a bool mask (e.g. split.candidates(target)), got dtype {cand.dtype}')
-        pseudo, hidden, cand = pseudo.long(), hidden.long().to(pseudo.device), cand.to(pseudo.device)
-        outside = (pseudo != IGNORE_INDEX) & ~cand
-        if outside.any():
-            raise ValueError(f'{int(outside.sum())} pseudo-labels lie outside the candidate pixels; '
-                             'the labeler must only fill pixels without ground truth (set the others to IGNORE_INDEX)')
-        p, h = pseudo[cand], hidden[cand]
-        for x, what in ((p, 'pseudo'), (h, 'hidden')):
-            bad = (x != IGNORE_INDEX) & ((x < 0) | (x >= n))
-            if bad.any():
-                raise ValueError(f'{what} holds values outside 0..{n - 1} and IGNORE_INDEX (e.g. {int(x[bad][0])}); '
-                                 'pass model class indices')
+        p, h = _candidate_pixels(pseudo, hidden, candidates, n)
         lab, known = p != IGNORE_INDEX, h != IGNORE_INDEX
         count = lambda x: torch.bincount(x, minlength=n)
         per_class = torch.stack([count(p[lab]), count(h[known]), count(h[lab & (p == h)]), count(h[known & lab])])
@@ -209,26 +217,29 @@ class PseudoQuality:
         self.n_updates += 1
         return self
 
-    def reduce_(self) -> PseudoQuality:
-        "Sum the counts over torch.distributed ranks in place (once, after the last update); a no-op otherwise."
-        if self.reduced:
-            raise RuntimeError('reduce_() was already called: a second all_reduce would multiply the counts')
-        self.counts = _all_reduce_sum(self.counts)
-        self.reduced = True
-        return self
+# %% ../nbs/07_metrics.ipynb #609ef4fe
+@patch
+def reduce_(self: PseudoQuality) -> PseudoQuality:
+    "Sum the counts over torch.distributed ranks in place (once, after the last update); a no-op otherwise."
+    if self.reduced:
+        raise RuntimeError('reduce_() was already called: a second all_reduce would multiply the counts')
+    self.counts = _all_reduce_sum(self.counts)
+    self.reduced = True
+    return self
 
-    def table(self, names=None) -> 'pd.DataFrame':
-        "Per-class precision, recall, coverage (percent) and counts, plus an `all` row over every candidate."
-        import pandas as pd
-        names = list(names) if names is not None else [str(i) for i in range(self.n_classes)]
-        if len(names) != self.n_classes:
-            raise ValueError(f'names has {len(names)} entries, expected n_classes={self.n_classes}')
-        c = self.counts.cpu().double()
-        div = lambda a, b: (100 * a / b.clamp(min=1)).where(b > 0, torch.full_like(a, float('nan'))).numpy()
-        df = pd.DataFrame(dict(precision=div(c[2], c[0]), recall=div(c[2], c[1]), coverage=div(c[3], c[1])),
-                          index=pd.Index(names + ['all'], name='class'))
-        for i, k in enumerate(self._cols): df[k] = self.counts[i].cpu().numpy()
-        return df
+@patch
+def table(self: PseudoQuality, names=None) -> 'pd.DataFrame':
+    "Per-class precision, recall, coverage (percent) and counts, plus an `all` row over every candidate."
+    import pandas as pd
+    names = list(names) if names is not None else [str(i) for i in range(self.n_classes)]
+    if len(names) != self.n_classes:
+        raise ValueError(f'names has {len(names)} entries, expected n_classes={self.n_classes}')
+    c = self.counts.cpu().double()
+    div = lambda a, b: (100 * a / b.clamp(min=1)).where(b > 0, torch.full_like(a, float('nan'))).numpy()
+    df = pd.DataFrame(dict(precision=div(c[2], c[0]), recall=div(c[2], c[1]), coverage=div(c[3], c[1])),
+                      index=pd.Index(names + ['all'], name='class'))
+    for i, k in enumerate(self._cols): df[k] = self.counts[i].cpu().numpy()
+    return df
 
 def pseudo_label_quality(pseudo, hidden, n_classes: int, *, candidates, names=None) -> 'pd.DataFrame':
     "One-shot `PseudoQuality(n_classes).update(pseudo, hidden, candidates).table(names)`."

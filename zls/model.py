@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['IMAGENET', 'BACKBONES', 'Segmenter', 'with_classes', 'calibrate', 'SmallBackbone', 'ConvHead', 'ASPPHead',
@@ -28,6 +29,7 @@ def _normalize_emb(emb, dim: int | None = None) -> torch.Tensor:
         raise ValueError('emb rows must be finite and non-zero (they are L2-normalized)')
     return F.normalize(emb, dim=1)
 
+# %% ../nbs/08_model.ipynb #847bddfe
 class Segmenter(nn.Module):
     "Backbone + projection head; logits = scale * cosine(pixel embedding, class embedding), at the input size."
     def __init__(self, backbone: nn.Module, head: nn.Module, emb: torch.Tensor, *, scale: float = 10.0,
@@ -58,23 +60,27 @@ class Segmenter(nn.Module):
                 if isinstance(m, _BN): m.eval()
         return self
 
-    def set_classes(self, emb: torch.Tensor) -> Segmenter:
-        "Score the classes of `emb` (C, D) from now on; rows are L2-normalized; returns the model."
-        self.emb = _normalize_emb(emb, self.emb_dim).to(self.log_scale.device)
-        return self
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        "L2-normalized pixel embeddings (B, D, h, w) at the feature resolution."
-        return F.normalize(self.head(self.backbone(x)), dim=1)
-
-    def classify(self, f: torch.Tensor) -> torch.Tensor:
-        "Logits (B, C, h, w) of normalized pixel embeddings `f` over the current classes."
-        return self.scale * torch.einsum('bdhw,cd->bchw', f, self.emb.to(f.dtype))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         "Logits (B, C, H, W) at the input size over the current classes."
         logits = self.classify(self.features(x))
         return F.interpolate(logits, size=x.shape[-2:], mode='bilinear', align_corners=False)
+
+# %% ../nbs/08_model.ipynb #42f58f36
+@patch
+def set_classes(self: Segmenter, emb: torch.Tensor) -> Segmenter:
+    "Score the classes of `emb` (C, D) from now on; rows are L2-normalized; returns the model."
+    self.emb = _normalize_emb(emb, self.emb_dim).to(self.log_scale.device)
+    return self
+
+@patch
+def features(self: Segmenter, x: torch.Tensor) -> torch.Tensor:
+    "L2-normalized pixel embeddings (B, D, h, w) at the feature resolution."
+    return F.normalize(self.head(self.backbone(x)), dim=1)
+
+@patch
+def classify(self: Segmenter, f: torch.Tensor) -> torch.Tensor:
+    "Logits (B, C, h, w) of normalized pixel embeddings `f` over the current classes."
+    return self.scale * torch.einsum('bdhw,cd->bchw', f, self.emb.to(f.dtype))
 
 # %% ../nbs/08_model.ipynb #cdc3803d
 @contextlib.contextmanager

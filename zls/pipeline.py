@@ -17,12 +17,12 @@ from .distributed import barrier, cleanup, init_distributed, is_main
 from .methods import METHODS, rounds_of, run_config
 from .report import rounds_table
 from .model import IMAGENET
-from .train import Round, make_round, round_dir
+from .round import Round, make_round, round_dir
 
 # %% auto #0
 __all__ = ['RUN_VERSION', 'NUMERIC_PROVENANCE', 'RECORDED_PROVENANCE', 'PIPELINES', 'KERNEL_QUIET', 'PATH_PARAMS',
            'prepare_round', 'label_round', 'train_round', 'evaluate_round', 'load_config', 'run_threads',
-           'check_provenance', 'record_config', 'config_table', 'RoundFailed', 'RunInterrupted', 'run_lock', 'execute',
+           'check_provenance', 'record_config', 'config_table', 'RoundFailed', 'RunInterrupted', 'execute', 'run_lock',
            'absolute_paths', 'descendants', 'end_processes', 'stop_on_ctrl_c', 'distributed_round', 'main',
            'run_processes', 'run_rounds']
 
@@ -57,6 +57,7 @@ def load_config(run_dir) -> RunConfig:
     rec = json.loads(path.read_text())
     return run_config(rec['params'], legacy=rec.get('version') is None)
 
+# %% ../nbs/20_pipeline.ipynb #d5b97817
 # provenance entries whose change moves a run's numbers (in the last bits; a resume under another value goes on,
 # saying so), and those that only record the code (a resume under another value is reported the same way)
 NUMERIC_PROVENANCE = ('torch', 'torchvision', 'device', 'threads', 'platform', 'kernels', 'cpu')
@@ -71,6 +72,7 @@ def check_provenance(old: dict, new: dict) -> dict[str, str]:
     return {k: f'{k} {old[k]!r} -> {new.get(k)!r}' for k in NUMERIC_PROVENANCE + RECORDED_PROVENANCE
             if k in old and old[k] != new.get(k)}
 
+# %% ../nbs/20_pipeline.ipynb #f76800e5
 def record_config(run_dir: Path, cfg: RunConfig, rounds: int) -> dict:
     "Write `run.json` (configuration, rounds, provenance), refusing a run folder made with other values."
     path = run_dir / 'run.json'
@@ -93,6 +95,7 @@ def record_config(run_dir: Path, cfg: RunConfig, rounds: int) -> dict:
     atomic_write(path, lambda f: Path(f).write_text(json.dumps(rec, indent=1)))
     return rec
 
+# %% ../nbs/20_pipeline.ipynb #e7e23bd4
 def config_table(cfg: RunConfig) -> pd.DataFrame:
     "Every parameter of a configuration with its section: what a round notebook shows it ran with."
     rows = [dict(section=s, parameter=n, value=v) for s, sec in cfg.sections().items() for n, v in sec.flat().items()]
@@ -111,16 +114,6 @@ class RoundFailed(RuntimeError):
 class RunInterrupted(RuntimeError):
     "A run stopped by Ctrl-C: the processes it started have ended, its last checkpoint is kept."
 
-@contextmanager
-def run_lock(run_dir: Path):
-    "Hold an exclusive lock on a run folder so that two drivers never write the same run."
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / '.lock', 'w') as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f'{run_dir} is in use by another zls run; wait for it or choose another name') from None
-        yield
-
 def execute(template: Path, out_nb: Path, parameters: dict, *, cwd: Path):
     "Execute a papermill template; on failure keep the executed notebook and say where it is."
     import papermill as pm
@@ -133,6 +126,18 @@ def execute(template: Path, out_nb: Path, parameters: dict, *, cwd: Path):
         raise RoundFailed(f'{out_nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (the executed notebook '
                           f'is kept at {out_nb}; fix the cause and run the same command again to resume)') from None
 
+# %% ../nbs/20_pipeline.ipynb #6364dba8
+@contextmanager
+def run_lock(run_dir: Path):
+    "Hold an exclusive lock on a run folder so that two drivers never write the same run."
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / '.lock', 'w') as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f'{run_dir} is in use by another zls run; wait for it or choose another name') from None
+        yield
+
+# %% ../nbs/20_pipeline.ipynb #9fec7a5d
 PATH_PARAMS = ('data_root', 'emb_path', 'pretrained_backbone', 'init_from')
 
 def absolute_paths(p: dict) -> dict:

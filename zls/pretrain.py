@@ -4,18 +4,18 @@
 
 # %% ../nbs/18b_pretrain.ipynb #pt000004
 from __future__ import annotations
-import time
 from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
+from .clustering import view_scores
 from .config import RunConfig, Section, need, param
 from .datasets import normalize
-from .fs4 import cluster_assign, global_centroids, sample_embeddings, view_scores
+from .fs4 import cluster_assign, global_centroids, sample_embeddings
+from .round import Round, timed, write_metrics
 from .splits import Split, label_view, label_views
-from .train import Round, batch_indices, fit, load_checkpoint, make_optimizer, model_from_checkpoint
-from .train import poly_schedule, write_metrics
+from .train import batch_indices, fit, load_checkpoint, make_optimizer, model_from_checkpoint, poly_schedule
 
 # %% auto #0
 __all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN', 'dense_views', 'to_image', 'to_view',
@@ -193,22 +193,22 @@ def label_round(r: Round) -> None:
 
 def train_round(r: Round) -> dict:
     "Pretrain the round's student for `iters0` steps (resumable); its checkpoint is what `init_from` reads."
-    t0, tc = time.time(), r.cfg.train
-    r.student.to(r.device)
-    out = pretrain(r.student, r.train_set, tc, r.opts, iters=tc.iters0, seed=tc.seed + 1000 * r.k, ckpt=r.ckpt,
-                   meta=r.meta(embeddings='pretrain'))
-    r.times['train_s'] = round(time.time() - t0, 1)
+    tc = r.cfg.train
+    with timed(r, 'train_s'):
+        r.student.to(r.device)
+        out = pretrain(r.student, r.train_set, tc, r.opts, iters=tc.iters0, seed=tc.seed + 1000 * r.k, ckpt=r.ckpt,
+                       meta=r.meta(embeddings='pretrain'))
     return out
 
 def evaluate_round(r: Round) -> dict:
     "k-means scores of the pretrained features per label view; `plain` holds the dataset classes'; writes metrics.json."
-    t0, opts = time.time(), r.opts
-    ck = load_checkpoint(r.ckpt)
-    sc = feature_scores(model_from_checkpoint(ck), r.train_set, r.val_set, r.split,
-                        sample_pixels=opts.pt_sample_pixels, overcluster=opts.pt_overcluster, seed=r.cfg.train.seed,
-                        batch_size=r.cfg.eval.eval_batch, device=r.device)
-    res = dict(round=r.k, params=r.cfg.flat(), times=r.times,
-               plain=dict(mIoU=sc['classes']['mIoU'], pixel_acc=sc['classes']['pixel_acc']), views=sc,
-               assignment='kmeans on pretrained features', log=ck['meta'].get('log', []))
-    r.times['eval_s'] = round(time.time() - t0, 1)
+    opts = r.opts
+    with timed(r, 'eval_s'):
+        ck = load_checkpoint(r.ckpt)
+        sc = feature_scores(model_from_checkpoint(ck), r.train_set, r.val_set, r.split,
+                            sample_pixels=opts.pt_sample_pixels, overcluster=opts.pt_overcluster,
+                            seed=r.cfg.train.seed, batch_size=r.cfg.eval.eval_batch, device=r.device)
+        res = dict(round=r.k, params=r.cfg.flat(), times=r.times,
+                   plain=dict(mIoU=sc['classes']['mIoU'], pixel_acc=sc['classes']['pixel_acc']), views=sc,
+                   assignment='kmeans on pretrained features', log=ck['meta'].get('log', []))
     return write_metrics(r, res)

@@ -4,8 +4,9 @@
 
 # %% ../nbs/17_pseudoseg.ipynb #e6a81897
 from __future__ import annotations
-import contextlib, time
+import contextlib
 from dataclasses import dataclass
+from fastcore.basics import patch
 import numpy as np
 import torch
 import torch.nn as nn
@@ -20,16 +21,18 @@ from .distributed import world_size
 from .metrics import ConfusionMatrix, summarize
 from .model import Segmenter
 from .splits import Split
-from .supervised import class_matrix as class_matrix  # the class-name embeddings, as supervised's
-from .train import Round, StepBatches, evaluate_round as evaluate_segmenter, fit
+from .round import Round, evaluate_student as evaluate_segmenter, timed
+from .round import name_embeddings as class_matrix  # noqa: F401 (the class-name embeddings, re-exported)
+from .train import StepBatches, fit
 from .train import make_optimizer, model_from_checkpoint, poly_schedule
 
 # %% auto #0
-__all__ = ['SOURCES', 'NORMS', 'JITTER', 'STUDENT_NORMS', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN',
-           'grad_cam', 'linear_cam', 'image_labels', 'PseudoSegNet', 'global_rms', 'sharpen', 'fuse', 'strong_view',
-           'soft_cross_entropy', 'consistency_loss', 'bn_stats_frozen', 'rampup_weight', 'unlabeled_targets',
-           'ImageLabeledSet', 'Config', 'labeled_loss', 'weak_pseudo_labels', 'train_pseudoseg', 'label_round',
-           'train_round', 'pseudo_scores', 'evaluate_round']
+__all__ = ['PRESENCES', 'SOURCES', 'NORMS', 'JITTER', 'STUDENT_NORMS', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS',
+           'HIDES_UNSEEN', 'grad_cam', 'linear_cam', 'image_labels', 'PseudoSegNet', 'decoder_presence', 'global_rms',
+           'sharpen', 'fuse', 'strong_view', 'soft_cross_entropy', 'consistency_loss', 'bn_stats_frozen',
+           'rampup_weight', 'unlabeled_targets', 'ImageLabeledSet', 'Config', 'check_config', 'labeled_loss',
+           'weak_pseudo_labels', 'unlabeled_loss', 'pseudoseg_optimizer', 'train_pseudoseg', 'label_round',
+           'train_round', 'pointing_hits', 'cam_counts', 'pseudo_scores', 'evaluate_round']
 
 # %% ../nbs/17_pseudoseg.ipynb #95814907
 def grad_cam(feats: torch.Tensor, scorer) -> torch.Tensor:
@@ -83,23 +86,6 @@ class PseudoSegNet(nn.Module):
         attn = torch.softmax(q.transpose(1, 2) @ k / q.shape[1] ** 0.5, dim=-1)  # (B, N, N)
         return (cam.flatten(2) @ attn.transpose(1, 2)).view_as(cam) + cam
 
-    def branches(self, x: torch.Tensor, *, present: torch.Tensor | None = None, cls_grad: bool = True) -> dict:
-        "Decoder logits, CAM logits (both at the input size), image-level logits and CAMs; `present` (B, n_obj) bool."
-        out = self.seg.backbone(x)
-        feats = out['out']
-        size = x.shape[-2:]
-        decoder = self.seg.classify(F.normalize(self.seg.head(out), dim=1))
-        decoder = F.interpolate(decoder, size=size, mode='bilinear', align_corners=False)
-        cls = self.classifier(feats if cls_grad else feats.detach()).mean((2, 3))
-        cam = linear_cam(feats.detach(), self.classifier).detach()
-        keep = (torch.sigmoid(cls.detach()) > 0.5) if present is None else present.to(cam.device)
-        cam = self.refine(feats, cam * keep[:, :, None, None])
-        if self.bg_idx is not None:
-            bg = 2 - cam.amax(1, keepdim=True)
-            cam = torch.cat([cam[:, :self.bg_idx], bg, cam[:, self.bg_idx:]], 1)
-        cam_logits = F.interpolate(self.cam_logits(cam), size=size, mode='bilinear', align_corners=False)
-        return dict(decoder=decoder, cam_logits=cam_logits, cls=cls, cam=cam)
-
 def _feature_channels(seg: Segmenter) -> int:
     with torch.no_grad():
         was = seg.training
@@ -108,8 +94,39 @@ def _feature_channels(seg: Segmenter) -> int:
         seg.train(was)
     return c
 
+# %% ../nbs/17_pseudoseg.ipynb #a04a8312
+PRESENCES = ('classifier', 'decoder')
+
+@patch
+def branches(self: PseudoSegNet, x: torch.Tensor, *, present: torch.Tensor | None = None, cls_grad: bool = True,
+             presence: str = 'classifier', min_frac: float = 0.004) -> dict:
+    "Decoder logits, CAM logits (both at the input size), image-level logits and CAMs; `present` (B, n_obj) bool."
+    out = self.seg.backbone(x)
+    feats = out['out']
+    size = x.shape[-2:]
+    decoder = self.seg.classify(F.normalize(self.seg.head(out), dim=1))
+    decoder = F.interpolate(decoder, size=size, mode='bilinear', align_corners=False)
+    cls = self.classifier(feats if cls_grad else feats.detach()).mean((2, 3))
+    cam = linear_cam(feats.detach(), self.classifier).detach()
+    if present is not None: keep = present.to(cam.device)  # the labelled images' classes, or image labels
+    elif presence == 'decoder': keep = decoder_presence(decoder.detach(), self.bg_idx, min_frac=min_frac)
+    else: keep = torch.sigmoid(cls.detach()) > 0.5  # the paper's: the image classifier's
+    cam = self.refine(feats, cam * keep[:, :, None, None])
+    if self.bg_idx is not None:
+        bg = 2 - cam.amax(1, keepdim=True)
+        cam = torch.cat([cam[:, :self.bg_idx], bg, cam[:, self.bg_idx:]], 1)
+    cam_logits = F.interpolate(self.cam_logits(cam), size=size, mode='bilinear', align_corners=False)
+    return dict(decoder=decoder, cam_logits=cam_logits, cls=cls, cam=cam)
+
+# %% ../nbs/17_pseudoseg.ipynb #4845be97
+def decoder_presence(decoder: torch.Tensor, bg_idx: int | None, *, min_frac: float = 0.004) -> torch.Tensor:
+    "Object classes the decoder's argmax covers on at least `min_frac` of an image's pixels: (B, n_obj) bool."
+    counts = F.one_hot(decoder.argmax(1), decoder.shape[1]).sum((1, 2))  # (B, C)
+    present = counts >= min_frac * decoder.shape[-2] * decoder.shape[-1]
+    return present if bg_idx is None else torch.cat([present[:, :bg_idx], present[:, bg_idx + 1:]], 1)
+
 # %% ../nbs/17_pseudoseg.ipynb #101584cb
-SOURCES, NORMS = ('fusion', 'decoder', 'cam'), ('rms', 'none')
+SOURCES, NORMS = ('fusion', 'decoder', 'cam'), ('rms', 'source', 'none')
 
 def global_rms(*maps: torch.Tensor) -> torch.Tensor:
     "One scalar: the root mean square of every value of `maps` (the whole batch, every pixel and class)."
@@ -123,14 +140,15 @@ def sharpen(p: torch.Tensor, T: float = 0.5, *, dim: int = 1) -> torch.Tensor:
 
 def fuse(decoder: torch.Tensor, cam_logits: torch.Tensor | None = None, *, source: str = 'fusion',
          T: float = 0.5, norm: str = 'rms') -> tuple[torch.Tensor, torch.Tensor]:
-    "PseudoSeg's soft pseudo-label (B, C, H, W) and the shared normaliser: mean of the sources' softmaxes, sharpened."
+    "PseudoSeg's soft pseudo-label (B, C, H, W) and the first source's normaliser: mean of the softmaxes, sharpened."
     if source not in SOURCES: raise ValueError(f'ps_source must be one of {SOURCES}, got {source!r}')
     if norm not in NORMS: raise ValueError(f'ps_norm must be one of {NORMS}, got {norm!r}')
     maps = {'fusion': [decoder, cam_logits], 'decoder': [decoder], 'cam': [cam_logits]}[source]
     if any(m is None for m in maps): raise ValueError(f"ps_source={source!r} needs the CAM logits")
-    scale = global_rms(*maps) if norm == 'rms' else decoder.new_ones(())
-    p = torch.stack([torch.softmax(m / scale, 1) for m in maps]).mean(0)
-    return sharpen(p, T), scale
+    if norm == 'source': scales = [global_rms(m) for m in maps]  # each by its own RMS: one scale, whatever the ranges
+    else: scales = [global_rms(*maps) if norm == 'rms' else decoder.new_ones(())] * len(maps)
+    p = torch.stack([torch.softmax(m / s, 1) for m, s in zip(maps, scales)]).mean(0)
+    return sharpen(p, T), scales[0]
 
 # %% ../nbs/17_pseudoseg.ipynb #1f3e8de3
 JITTER = (0.5, 0.5, 0.5, 0.25)  # brightness, contrast, saturation, hue: PseudoSeg's strong colour jitter
@@ -218,9 +236,13 @@ class Config(Section):
     label_seed: int = param(0, 'seed of the labelled list')
     ps_warmup: float = param(0.5, 'fraction of the steps trained on the labelled images alone before PseudoSeg')
     ps_source: str = param('fusion', 'pseudo-labels from fusion, decoder or cam')
+    ps_presence: str = param('classifier', "the classes whose CAM is drawn: the image classifier's (sigmoid >= 0.5, "
+                                           "the paper's) or the decoder's (argmax on >= ps_presence_min of the image)")
+    ps_presence_min: float = param(0.004, "share of an image's pixels the decoder must give a class to count it")
+    ps_cam_lr_mult: float = param(1.0, "PseudoSeg's own layers (classifier, attention, CAM to logits): lr / head lr")
     ps_T: float = param(0.5, 'sharpening temperature')
-    ps_norm: str = param('rms', "the sources' logits divided by their global RMS before the softmax (rms, the public "
-                                "code's) or taken as they are (none)")
+    ps_norm: str = param('rms', "the sources' logits before the softmax: divided by their one global RMS (rms, the "
+                                "public code's), each by its own RMS (source), or as they are (none)")
     ps_student_norm: str = param('none', "strong-view logits raw (none, the public code's) or divided by the target's "
                                          'normaliser (shared)')
     ps_strong: bool = param(True, 'strong view (appearance jitter and cutout); False uses the weak view')
@@ -243,32 +265,38 @@ class Config(Section):
     ps_unlabeled_batch: int = param(0, 'unlabeled images per step; 0 means batch_size')
     ps_eval_images: int = param(300, 'unlabeled training images on which pseudo-labels are scored (hidden truth)')
 
-    def check(self):
-        need('label_fraction', self.label_fraction, 0 < self.label_fraction <= 1, 'a fraction in (0, 1], e.g. 0.125')
-        need('ps_warmup', self.ps_warmup, 0 <= self.ps_warmup < 1, 'a fraction of the steps in [0, 1)')
-        need('ps_source', self.ps_source, self.ps_source in SOURCES, f"one of {', '.join(SOURCES)}")
-        need('ps_T', self.ps_T, self.ps_T > 0, 'a sharpening temperature > 0')
-        need('ps_norm', self.ps_norm, self.ps_norm in NORMS, f"one of {', '.join(NORMS)}")
-        need('ps_student_norm', self.ps_student_norm, self.ps_student_norm in STUDENT_NORMS,
-             f"one of {', '.join(STUDENT_NORMS)}")
-        need('ps_cutout', self.ps_cutout, 0 <= self.ps_cutout <= 1, 'a fraction of the crop in [0, 1]')
-        for n in ('ps_brightness', 'ps_contrast', 'ps_saturation'):
-            need(n, getattr(self, n), 0 <= getattr(self, n) < 1, 'a jitter strength in [0, 1)')
-        need('ps_hue', self.ps_hue, 0 <= self.ps_hue <= 0.5, 'a hue shift in [0, 0.5]')
-        need('ps_noise', self.ps_noise, self.ps_noise >= 0, 'a noise std >= 0 (0..255 units)')
-        need('ps_blur', self.ps_blur, 0 <= self.ps_blur <= 1, 'a probability in [0, 1]')
-        need('ps_threshold', self.ps_threshold, 0 <= self.ps_threshold < 1, 'a probability in [0, 1) (0: off)')
-        need('ps_weight', self.ps_weight, self.ps_weight >= 0, 'a weight >= 0')
-        need('ps_rampup', self.ps_rampup, self.ps_rampup >= 0, 'a number of steps >= 0 (0: no ramp)')
-        need('ps_unlabeled_batch', self.ps_unlabeled_batch, self.ps_unlabeled_batch >= 0,
-             'an int >= 0 (0: batch_size)')
-        need('ps_eval_images', self.ps_eval_images, self.ps_eval_images >= 0, 'an int >= 0 (0: not scored)')
+    def check(self): check_config(self)
 
-    def strong(self) -> dict:
-        "`strong_view`'s keyword arguments (no change at all when `ps_strong` is off)."
-        if not self.ps_strong: return dict(cutout=0.0, brightness=0, contrast=0, saturation=0, hue=0)
-        return dict(cutout=self.ps_cutout, brightness=self.ps_brightness, contrast=self.ps_contrast,
-                    saturation=self.ps_saturation, hue=self.ps_hue, noise=self.ps_noise, blur=self.ps_blur)
+# %% ../nbs/17_pseudoseg.ipynb #b6ada7c3
+def check_config(c: Config):
+    "Each PseudoSeg option in its range, or one line naming it and what it expects."
+    need('label_fraction', c.label_fraction, 0 < c.label_fraction <= 1, 'a fraction in (0, 1], e.g. 0.125')
+    need('ps_warmup', c.ps_warmup, 0 <= c.ps_warmup < 1, 'a fraction of the steps in [0, 1)')
+    need('ps_source', c.ps_source, c.ps_source in SOURCES, f"one of {', '.join(SOURCES)}")
+    need('ps_presence', c.ps_presence, c.ps_presence in PRESENCES, f"one of {', '.join(PRESENCES)}")
+    need('ps_presence_min', c.ps_presence_min, 0 <= c.ps_presence_min < 1, 'a share of the pixels in [0, 1)')
+    need('ps_cam_lr_mult', c.ps_cam_lr_mult, c.ps_cam_lr_mult > 0, 'a multiple > 0')
+    need('ps_T', c.ps_T, c.ps_T > 0, 'a sharpening temperature > 0')
+    need('ps_norm', c.ps_norm, c.ps_norm in NORMS, f"one of {', '.join(NORMS)}")
+    need('ps_student_norm', c.ps_student_norm, c.ps_student_norm in STUDENT_NORMS, f"one of {', '.join(STUDENT_NORMS)}")
+    need('ps_cutout', c.ps_cutout, 0 <= c.ps_cutout <= 1, 'a fraction of the crop in [0, 1]')
+    for n in ('ps_brightness', 'ps_contrast', 'ps_saturation'):
+        need(n, getattr(c, n), 0 <= getattr(c, n) < 1, 'a jitter strength in [0, 1)')
+    need('ps_hue', c.ps_hue, 0 <= c.ps_hue <= 0.5, 'a hue shift in [0, 0.5]')
+    need('ps_noise', c.ps_noise, c.ps_noise >= 0, 'a noise std >= 0 (0..255 units)')
+    need('ps_blur', c.ps_blur, 0 <= c.ps_blur <= 1, 'a probability in [0, 1]')
+    need('ps_threshold', c.ps_threshold, 0 <= c.ps_threshold < 1, 'a probability in [0, 1) (0: off)')
+    need('ps_weight', c.ps_weight, c.ps_weight >= 0, 'a weight >= 0')
+    need('ps_rampup', c.ps_rampup, c.ps_rampup >= 0, 'a number of steps >= 0 (0: no ramp)')
+    need('ps_unlabeled_batch', c.ps_unlabeled_batch, c.ps_unlabeled_batch >= 0, 'an int >= 0 (0: batch_size)')
+    need('ps_eval_images', c.ps_eval_images, c.ps_eval_images >= 0, 'an int >= 0 (0: not scored)')
+
+@patch
+def strong(self: Config) -> dict:
+    "`strong_view`'s keyword arguments (no change at all when `ps_strong` is off)."
+    if not self.ps_strong: return dict(cutout=0.0, brightness=0, contrast=0, saturation=0, hue=0)
+    return dict(cutout=self.ps_cutout, brightness=self.ps_brightness, contrast=self.ps_contrast,
+                saturation=self.ps_saturation, hue=self.ps_hue, noise=self.ps_noise, blur=self.ps_blur)
 
 # %% ../nbs/17_pseudoseg.ipynb #b51d0e6a
 def labeled_loss(net: PseudoSegNet, x: torch.Tensor, y: torch.Tensor, *, cls_grad: bool = True) -> torch.Tensor:
@@ -282,13 +310,37 @@ def labeled_loss(net: PseudoSegNet, x: torch.Tensor, y: torch.Tensor, *, cls_gra
 
 @torch.no_grad()
 def weak_pseudo_labels(net: PseudoSegNet, x: torch.Tensor, *, present: torch.Tensor | None = None,
-                       source: str = 'fusion', T: float = 0.5, norm: str = 'rms') -> tuple[torch.Tensor, torch.Tensor]:
+                       source: str = 'fusion', T: float = 0.5, norm: str = 'rms', presence: str = 'classifier',
+                       min_frac: float = 0.004) -> tuple[torch.Tensor, torch.Tensor]:
     "The fused soft pseudo-labels of a weak view and their normaliser, in eval mode without gradient."
     was = net.training
     net.eval()
-    wb = net.branches(x, present=present)
+    wb = net.branches(x, present=present, presence=presence, min_frac=min_frac)
     net.train(was)
     return fuse(wb['decoder'], wb['cam_logits'], source=source, T=T, norm=norm)
+
+# %% ../nbs/17_pseudoseg.ipynb #3cc6b1ce
+def unlabeled_loss(net: PseudoSegNet, xu: torch.Tensor, yu: torch.Tensor, ps: Config, *, generator: torch.Generator,
+                   given: torch.Tensor | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    "The consistency loss of an unlabeled uint8 batch (`yu` marks its crop padding) and the weak view's pseudo-labels."
+    valid = (yu != IGNORE_INDEX).to(device)  # padding of the unlabeled crops takes no loss
+    pseudo, norm = weak_pseudo_labels(net, normalize(xu.to(device)), present=given, source=ps.ps_source, T=ps.ps_T,
+                                      norm=ps.ps_norm, presence=ps.ps_presence, min_frac=ps.ps_presence_min)
+    xs, keep = strong_view(xu, generator=generator, **ps.strong())
+    with bn_stats_frozen(net):
+        student = net(normalize(xs.to(device)))
+    if ps.ps_student_norm == 'shared': student = student / norm
+    unsup = consistency_loss(student, pseudo, keep.to(device) & valid, threshold=ps.ps_threshold, hard=ps.ps_hard)
+    return unsup, pseudo
+
+def pseudoseg_optimizer(net: PseudoSegNet, opts: TrainConfig, ps: Config) -> torch.optim.Optimizer:
+    "The segmenter's optimizer, plus a group for PseudoSeg's own layers at `ps_cam_lr_mult` times the head's rate."
+    opt = make_optimizer(net.seg, name=opts.optimizer, lr=opts.lr, weight_decay=opts.weight_decay,
+                         head_lr_mult=opts.head_lr_mult)
+    head = opt.param_groups[-1]
+    extra = [p for n, p in net.named_parameters() if not n.startswith('seg.')]
+    opt.add_param_group(dict(head, params=extra, lr=head['lr'] * ps.ps_cam_lr_mult, name='pseudoseg'))
+    return opt
 
 # %% ../nbs/17_pseudoseg.ipynb #240c615f
 def train_pseudoseg(net: PseudoSegNet, labeled, unlabeled, opts: TrainConfig, ps: Config, *, iters: int, seed: int,
@@ -298,34 +350,23 @@ def train_pseudoseg(net: PseudoSegNet, labeled, unlabeled, opts: TrainConfig, ps
     if world_size() > 1: raise ValueError('PseudoSeg training runs in one process; set nproc=1')
     device = get_device(opts.device or None)
     net.to(device)
-    opt = make_optimizer(net.seg, name=opts.optimizer, lr=opts.lr, weight_decay=opts.weight_decay,
-                         head_lr_mult=opts.head_lr_mult)
-    extra = [p for n, p in net.named_parameters() if not n.startswith('seg.')]
-    opt.add_param_group(dict(opt.param_groups[-1], params=extra, name='pseudoseg'))  # at the head's rate
+    opt = pseudoseg_optimizer(net, opts, ps)
     sch = poly_schedule(opt, iters=iters)
     scale = (opts.scale_min, opts.scale_max)
     streams = (StepBatches(labeled, batch_size=opts.batch_size, crop=opts.crop, seed=seed, scale=scale),
                StepBatches(unlabeled, batch_size=ps.ps_unlabeled_batch or opts.batch_size, crop=opts.crop,
                            seed=seed + 7919, scale=scale))
     batches = lambda start, end: zip(*[DataLoader(s, batch_size=None, sampler=range(start, end)) for s in streams])
-    warm, strong = round(ps.ps_warmup * iters), ps.strong()
+    warm = round(ps.ps_warmup * iters)
 
     def step(k, batch):
         (xl, yl), (xu, yu) = batch
         sup = labeled_loss(net, normalize(xl.to(device)), yl.to(device), cls_grad=ps.ps_cls_grad)
         if k < warm: return sup, dict(sup=sup.item(), unsup=0.0, pseudo_conf=0.0)  # labelled steps only
-        valid = (yu != IGNORE_INDEX).to(device)  # padding of the unlabeled crops takes no loss
-        given = None  # CAM classes from the classifier, or from the image labels in the weak variant
+        given = None  # CAM classes from the classifier or decoder, or from the image labels in the weak variant
         if ps.ps_image_labels: given = image_labels(unlabeled_targets(unlabeled, xu, yu), net.n_classes, net.bg_idx)
-        pseudo, norm = weak_pseudo_labels(net, normalize(xu.to(device)), present=given, source=ps.ps_source, T=ps.ps_T,
-                                          norm=ps.ps_norm)
         g = torch.Generator().manual_seed((seed * 1_000_003 + k) * 31 + 17)
-        xs, keep = strong_view(xu, generator=g, **strong)
-        with bn_stats_frozen(net):
-            student = net(normalize(xs.to(device)))
-        if ps.ps_student_norm == 'shared': student = student / norm
-        unsup = consistency_loss(student, pseudo, keep.to(device) & valid, threshold=ps.ps_threshold,
-                                 hard=ps.ps_hard)
+        unsup, pseudo = unlabeled_loss(net, xu, yu, ps, generator=g, given=given, device=device)
         loss = sup + ps.ps_weight * rampup_weight(k - warm, ps.ps_rampup) * unsup
         return loss, dict(sup=sup.item(), unsup=unsup.item(), pseudo_conf=pseudo.amax(1).mean().item())
 
@@ -356,33 +397,67 @@ def _sets(r: Round) -> tuple[LabeledSet, LabeledSet]:
 
 def train_round(r: Round) -> dict:
     "Train PseudoSeg from scratch (after its labelled warm-up) for `iters0` steps; resumes via its checkpoint."
-    t0, tc = time.time(), r.cfg.train
-    lab, unl = _sets(r)
-    net = PseudoSegNet(r.student, bg_idx=r.split.bg_idx)
-    out = train_pseudoseg(net, lab, unl, tc, r.opts, iters=tc.iters0, seed=tc.seed + 1000 * r.k, ckpt=r.ckpt,
-                          meta=r.meta(model_args=net.model_args))
-    r.times['train_s'] = round(time.time() - t0, 1)
+    tc = r.cfg.train
+    with timed(r, 'train_s'):
+        lab, unl = _sets(r)
+        net = PseudoSegNet(r.student, bg_idx=r.split.bg_idx)
+        out = train_pseudoseg(net, lab, unl, tc, r.opts, iters=tc.iters0, seed=tc.seed + 1000 * r.k, ckpt=r.ckpt,
+                              meta=r.meta(model_args=net.model_args))
     return out
 
 # %% ../nbs/17_pseudoseg.ipynb #e3656e1d
+def pointing_hits(cam: torch.Tensor, truth: torch.Tensor, present: torch.Tensor, obj_ids) -> tuple[int, int]:
+    "Pointing game: of the present classes (B, n_obj), how many have their CAM's peak on a pixel of that class."
+    up = F.interpolate(cam, size=truth.shape[-2:], mode='bilinear', align_corners=False).flatten(2)  # (B, n, HW)
+    at = truth.flatten(1).gather(1, up.argmax(2))  # (B, n): the true class under each map's peak
+    hit = at == torch.as_tensor(obj_ids, device=truth.device)[None]
+    return int((hit & present).sum()), int(present.sum())
+
+# %% ../nbs/17_pseudoseg.ipynb #83e53535
+def cam_counts(net: PseudoSegNet, x: torch.Tensor, truth: torch.Tensor, wb: dict, pseudo: torch.Tensor,
+               threshold: float) -> np.ndarray:
+    "One batch's counts: pointing hits and tries, sure and right object pixels of all, presence hits, used and true."
+    bg = net.bg_idx
+    true_pres = image_labels(truth, net.n_classes, bg)
+    feats = net.seg.backbone(x)['out']
+    refined = net.refine(feats, linear_cam(feats, net.classifier) * true_pres[:, :, None, None])
+    hits, tries = pointing_hits(refined, truth, true_pres, [c for c in range(net.n_classes) if c != bg])
+    obj = (truth != IGNORE_INDEX) & (truth != (-1 if bg is None else bg))
+    sure = obj & (pseudo.amax(1) >= threshold)
+    used = wb['cam'].amax((2, 3)) > 0  # the classes whose CAM the branch drew
+    used = used if bg is None else torch.cat([used[:, :bg], used[:, bg + 1:]], 1)
+    return np.array([hits, tries, int(sure.sum()), int((sure & (pseudo.argmax(1) == truth)).sum()), int(obj.sum()),
+                     int((used & true_pres).sum()), int(used.sum()), int(true_pres.sum())])
+
+# %% ../nbs/17_pseudoseg.ipynb #04fe7e81
 @torch.no_grad()
 def pseudo_scores(net: PseudoSegNet, dataset, split: Split, ps: Config, *, batch_size: int = 64, device=None) -> dict:
-    "mIoU and pixel accuracy (percent) of the weak-view fused pseudo-labels and of the predictions on `dataset`."
+    "Scores (percent) on `dataset` of the weak view's pseudo-labels, the predictions, the CAM branch and its classes."
     device = get_device(device)
     net.to(device).eval()
-    cms = {k: ConfusionMatrix(split.n_classes) for k in ('pseudo', 'prediction')}
+    cms = {k: ConfusionMatrix(split.n_classes) for k in ('pseudo', 'prediction', 'cam')}
+    n, sq = np.zeros(8, dtype=np.int64), np.zeros(3)  # counts; sums of squares of the two sources' logits
     for batch in size_batches(dataset, batch_size):
         x = normalize(torch.stack([b['image'] for b in batch]).to(device))
-        truth = split.encode(torch.stack([b['label'] for b in batch]).to(device), train=False)
-        pseudo, _ = weak_pseudo_labels(net, x, source=ps.ps_source, T=ps.ps_T, norm=ps.ps_norm)
-        cms['pseudo'].update(pseudo.argmax(1), truth)
-        cms['prediction'].update(net(x).argmax(1), truth)
+        truth = split.encode(torch.stack([b['label'] for b in batch]).to(device), train=False).long()
+        given = image_labels(truth, net.n_classes, net.bg_idx) if ps.ps_image_labels else None  # the weak variant
+        wb = net.branches(x, present=given, presence=ps.ps_presence, min_frac=ps.ps_presence_min)
+        pseudo, _ = fuse(wb['decoder'], wb['cam_logits'], source=ps.ps_source, T=ps.ps_T, norm=ps.ps_norm)
+        for k, m in (('pseudo', pseudo), ('prediction', wb['decoder']), ('cam', wb['cam_logits'])):
+            cms[k].update(m.argmax(1), truth)
+        n += cam_counts(net, x, truth, wb, pseudo, ps.ps_threshold)
+        sq += [wb['decoder'].pow(2).sum().item(), wb['cam_logits'].pow(2).sum().item(), wb['decoder'].numel()]
     out = {}
     for k, cm in cms.items():
         sc = summarize(cm.mat, split)
         out.update({f'{k}_mIoU': sc['mIoU'], f'{k}_pixel_acc': sc['pixel_acc']})
+    pct = lambda a, b: 100.0 * a / max(b, 1)
+    out.update(pointing=pct(n[0], n[1]), object_px_sure=pct(n[2], n[4]), sure_object_px_right=pct(n[3], n[2]),
+               presence_recall=pct(n[5], n[7]), presence_precision=pct(n[5], n[6]),
+               decoder_logit_rms=(sq[0] / sq[2]) ** 0.5, cam_logit_rms=(sq[1] / sq[2]) ** 0.5)
     return dict(out, n_images=len(dataset))
 
+# %% ../nbs/17_pseudoseg.ipynb #03de5008
 def _pseudo_train(r: Round, ck: dict) -> dict:
     "`pseudo_train`: the checkpoint's pseudo-labels and predictions on the first `ps_eval_images` unlabeled images."
     ps = r.opts

@@ -14,7 +14,8 @@ from .data import build_datasets, split_of
 from .labeler import PseudoDataset
 from .methods import run_config
 from .pipeline import PIPELINES, run_rounds
-from .train import StepBatches, round_dir
+from .round import round_dir
+from .train import StepBatches
 from .voc import make_mini_voc
 
 # %% auto #0

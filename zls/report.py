@@ -22,7 +22,7 @@ from .train import model_from_checkpoint
 # %% auto #0
 __all__ = ['SUMMARY_COLUMNS', 'RUN_COLUMNS', 'load_rounds', 'rounds_table', 'markdown_table', 'run_summary', 'run_setup',
            'run_rows', 'summarize_rows', 'summarize_runs', 'mean_std_table', 'plot_rounds', 'plot_pseudo_quality',
-           'plot_curves', 'unscored', 'to_label_ids', 'example_grid', 'save_report']
+           'plot_curves', 'unscored', 'to_label_ids', 'example_panels', 'class_legend', 'example_grid', 'save_report']
 
 # %% ../nbs/14_report.ipynb #f4646cc5
 def load_rounds(run_dir) -> list[dict]:
@@ -41,6 +41,7 @@ def _overall(records: list[dict] | None) -> tuple[float, float]:
     cov = 100 * q['n_covered'].sum() / max(q['n_true'].sum(), 1)
     return prec, cov
 
+# %% ../nbs/14_report.ipynb #bae75e82
 def rounds_table(run_dir) -> pd.DataFrame:
     "One row per round: mIoU seen/unseen/hIoU without and with calibration, pseudo-label precision and coverage."
     rows = []
@@ -62,6 +63,7 @@ def rounds_table(run_dir) -> pd.DataFrame:
                          minutes=sum(m.get('times', {}).values()) / 60))
     return pd.DataFrame(rows).set_index('round')
 
+# %% ../nbs/14_report.ipynb #2623b3b9
 def markdown_table(df: pd.DataFrame, *, digits: int = 1) -> str:
     "A GitHub-flavoured Markdown table of a DataFrame (index included); missing values print as –, as in summaries."
     cols = [df.index.name or ''] + [str(c) for c in df.columns]
@@ -93,6 +95,7 @@ def run_rows(run_dirs) -> pd.DataFrame:
     rows = {Path(d).name: rounds_table(d).assign(**run_setup(d)) for d in run_dirs}
     return pd.concat(rows, names=['run']).reset_index()
 
+# %% ../nbs/14_report.ipynb #5aca89bc
 def summarize_rows(rows: pd.DataFrame, *, columns=SUMMARY_COLUMNS) -> pd.DataFrame:
     "Mean and standard deviation per round over the runs of `run_rows` (or a CSV of them)."
     g = rows.set_index(['run', 'round'])[list(columns)].groupby(level='round')
@@ -133,6 +136,7 @@ def _legend_outside(fig, axs):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/14_report.ipynb #27f6dbbb
 def plot_pseudo_quality(run_dir):
     "Pseudo-label precision and coverage per round and unseen class: the intersection vs a single view."
     rows = []
@@ -158,6 +162,7 @@ def plot_pseudo_quality(run_dir):
         ax.tick_params(axis='x', rotation=30)
     return _legend_outside(fig, axs)
 
+# %% ../nbs/14_report.ipynb #b41ee51c
 def plot_curves(run_dir, *, smooth: int = 25):
     "Each round's training loss (a running mean over `smooth` steps) and throughput, from its `train_log.csv`."
     fig, axs = plt.subplots(1, 2, figsize=(10, 3.2))
@@ -180,12 +185,47 @@ def unscored(pred, truth) -> np.ndarray:
     "A predicted label map with `IGNORE_INDEX` wherever the truth has it: the pixels no metric counts."
     return np.where(np.asarray(truth) == IGNORE_INDEX, IGNORE_INDEX, np.asarray(pred)).astype(np.uint8)
 
-# %% ../nbs/14_report.ipynb #08c969c5
+# %% ../nbs/14_report.ipynb #22daa2b0
 def to_label_ids(m, split: Split) -> np.ndarray:
     "Model-index maps back to dataset label ids, for colouring."
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for i, n in enumerate(split.names): lut[i] = split.label_ids[split.classes.index(n)]
     return lut[np.asarray(m, dtype=np.uint8)]
+
+# %% ../nbs/14_report.ipynb #ff0de728
+@torch.no_grad()
+def example_panels(it: dict, split: Split, pal: np.ndarray, rounds: list[dict], models, run_dir,
+                   image_set: str = 'train') -> tuple[list[np.ndarray], list[str], list[np.ndarray]]:
+    "One row of `example_grid` for item `it`: its panels (RGB), their titles, and the label-id maps they draw."
+    truth = split.encode(it['label'], train=False)
+    ids_of = [to_label_ids(truth, split)]
+    panels = [it['image'].permute(1, 2, 0).numpy(), colorize(ids_of[0], pal)]
+    titles = ['image', 'truth']
+    for m, model in zip(rounds, models):
+        k = m['round']
+        pdir = Path(run_dir) / f'round_{k}' / 'pseudo'
+        if k > 0 and image_set == 'train':
+            png = pdir / f"{it['name']}.png"
+            if png.exists():
+                ids_of.append(to_label_ids(load_mask(png), split))
+                panels.append(colorize(ids_of[-1], pal))
+            else: panels.append(np.zeros_like(panels[1]))
+            titles.append(f'pseudo r{k}')
+        pred = to_label_ids(model(normalize(it['image'][None])).argmax(1)[0], split)
+        ids_of.append(unscored(pred, ids_of[0]))  # drawn as in the truth where nothing is scored
+        panels.append(colorize(ids_of[-1], pal))
+        titles.append(f'pred r{k}')
+    return panels, titles, ids_of
+
+# %% ../nbs/14_report.ipynb #08c969c5
+def class_legend(fig, shown, split: Split, pal: np.ndarray):
+    "A legend below `fig`: the colour of each class among the label ids `shown`, and of unlabeled pixels."
+    names = dict(zip(split.label_ids, split.classes))
+    handles = [Patch(color=pal[i] / 255, label=names[i]) for i in sorted(shown) if i in names]
+    handles.append(Patch(color=pal[IGNORE_INDEX] / 255, label='unlabeled / not scored'))
+    fig.legend(handles=handles, loc='upper center', bbox_to_anchor=(0.5, 0), ncol=min(4, len(handles)), fontsize=7,
+               frameon=False)  # below the grid: each colour's class
+    return fig
 
 @torch.no_grad()
 def example_grid(run_dir, *, n: int = 6, image_set: str = 'train'):
@@ -202,37 +242,14 @@ def example_grid(run_dir, *, n: int = 6, image_set: str = 'train'):
     idx = np.linspace(0, len(ds) - 1, n).astype(int)
     shown = set()  # label ids drawn anywhere: the legend's classes
     for row, i in zip(axs, idx):
-        it = ds[int(i)]
-        truth = split.encode(it['label'], train=False)
-        ids_of = [to_label_ids(truth, split)]
-        panels = [it['image'].permute(1, 2, 0).numpy(), colorize(ids_of[0], pal)]
-        titles = ['image', 'truth']
-        for m, model in zip(rounds, models):
-            k = m['round']
-            pdir = Path(run_dir) / f'round_{k}' / 'pseudo'
-            if k > 0 and image_set == 'train':
-                png = pdir / f"{it['name']}.png"
-                if png.exists():
-                    ids_of.append(to_label_ids(load_mask(png), split))
-                    panels.append(colorize(ids_of[-1], pal))
-                else: panels.append(np.zeros_like(panels[1]))
-                titles.append(f'pseudo r{k}')
-            pred = to_label_ids(model(normalize(it['image'][None])).argmax(1)[0], split)
-            ids_of.append(unscored(pred, ids_of[0]))  # drawn as in the truth where nothing is scored
-            panels.append(colorize(ids_of[-1], pal))
-            titles.append(f'pred r{k}')
+        panels, titles, ids_of = example_panels(ds[int(i)], split, pal, rounds, models, run_dir, image_set)
         for ax, im, ti in zip(row, panels, titles):
             ax.imshow(im)
             ax.set_title(ti, fontsize=8)
             ax.axis('off')
         shown |= {int(v) for v in np.unique(np.stack(ids_of))}
-    names = dict(zip(split.label_ids, split.classes))
-    handles = [Patch(color=pal[i] / 255, label=names[i]) for i in sorted(shown) if i in names]
-    handles.append(Patch(color=pal[IGNORE_INDEX] / 255, label='unlabeled / not scored'))
     fig.tight_layout()
-    fig.legend(handles=handles, loc='upper center', bbox_to_anchor=(0.5, 0), ncol=min(4, len(handles)), fontsize=7,
-               frameon=False)  # below the grid: each colour's class
-    return fig
+    return class_legend(fig, shown, split, pal)
 
 # %% ../nbs/14_report.ipynb #43ba6089
 def save_report(run_dir, table: pd.DataFrame, figures: dict) -> list[Path]:

@@ -118,6 +118,7 @@ def _names(name: str, v, valid) -> list[str]:
         raise ValueError(f'make_shapes: {name} must be distinct names from {", ".join(valid)}; got {v!r}')
     return v
 
+# %% ../nbs/02_shapes.ipynb #d6b956c2
 def shapes_params(**kw) -> dict:
     "Validated, JSON-ready generation parameters: the defaults updated with `kw`."
     unknown = set(kw) - set(SHAPES_DEFAULTS)

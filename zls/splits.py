@@ -66,6 +66,29 @@ def _unknown(kind: str, bad, valid) -> ValueError:
     hint = '; '.join(f'{b!r} (did you mean {h[0]!r}?)' if h else repr(b) for b, h in hints.items())
     return ValueError(f'unknown {kind} class name(s): {hint}. Valid names: {", ".join(valid)}')
 
+def _check_classes(name: str, classes: tuple, unseen: tuple, background: str) -> None:
+    "Raise a `ValueError` that says how to fix class names, unseen classes or a background mode that cannot work."
+    dup = sorted({c for c in classes if classes.count(c) > 1})
+    if dup: raise ValueError(f'split {name!r}: duplicate class names {dup}')
+    if background not in ('ignore', 'seen'):
+        raise ValueError(f"split {name!r}: background must be 'ignore' or 'seen', got {background!r}")
+    if not unseen: raise ValueError(f'split {name!r}: the unseen set is empty; name at least one unseen class')
+    bad = [u for u in unseen if u not in classes]
+    if bad: raise _unknown('unseen', bad, classes)
+    dup = sorted({u for u in unseen if unseen.count(u) > 1})
+    if dup: raise ValueError(f'split {name!r}: unseen classes listed twice: {dup}')
+    if BACKGROUND in unseen: raise ValueError(f'split {name!r}: background cannot be unseen')
+    if background == 'seen' and BACKGROUND not in classes:
+        raise ValueError(f"split {name!r}: background='seen' needs a {BACKGROUND!r} class; this dataset has none")
+
+def _check_ids(name: str, classes: tuple, label_ids) -> tuple:
+    "The dataset id of each class (None: 0..len(classes)-1), checked: one per class, distinct, in 0..254."
+    ids = tuple(range(len(classes))) if label_ids is None else tuple(label_ids)
+    if len(ids) != len(classes) or len(set(ids)) != len(ids) or not all(0 <= i < IGNORE_INDEX for i in ids):
+        raise ValueError(f'split {name!r}: label_ids must be {len(classes)} distinct ids in 0..254')
+    return ids
+
+# %% ../nbs/01_splits.ipynb #5c0fa768
 @dataclass(frozen=True)
 class Split:
     "Seen and unseen classes of a dataset, the background mode, and the label-map to target mapping."
@@ -80,24 +103,8 @@ class Split:
         set_ = lambda k, v: object.__setattr__(self, k, v)
         set_('classes', tuple(self.classes))
         set_('unseen', tuple(self.unseen))
-        dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
-        if dup: raise ValueError(f'split {self.name!r}: duplicate class names {dup}')
-        if self.background not in ('ignore', 'seen'):
-            raise ValueError(f"split {self.name!r}: background must be 'ignore' or 'seen', got {self.background!r}")
-        if not self.unseen:
-            raise ValueError(f'split {self.name!r}: the unseen set is empty; name at least one unseen class')
-        bad = [u for u in self.unseen if u not in self.classes]
-        if bad: raise _unknown('unseen', bad, self.classes)
-        dup = sorted({u for u in self.unseen if self.unseen.count(u) > 1})
-        if dup: raise ValueError(f'split {self.name!r}: unseen classes listed twice: {dup}')
-        if BACKGROUND in self.unseen: raise ValueError(f'split {self.name!r}: background cannot be unseen')
-        if self.background == 'seen' and BACKGROUND not in self.classes:
-            raise ValueError(f"split {self.name!r}: background='seen' needs a {BACKGROUND!r} class; "
-                             'this dataset has none')
-        ids = tuple(range(len(self.classes))) if self.label_ids is None else tuple(self.label_ids)
-        if len(ids) != len(self.classes) or len(set(ids)) != len(ids) or not all(0 <= i < IGNORE_INDEX for i in ids):
-            raise ValueError(f'split {self.name!r}: label_ids must be {len(self.classes)} distinct ids in 0..254')
-        set_('label_ids', ids)
+        _check_classes(self.name, self.classes, self.unseen, self.background)
+        set_('label_ids', _check_ids(self.name, self.classes, self.label_ids))
         keep_bg = self.background == 'seen'
         set_('names', tuple(c for c in self.classes if c != BACKGROUND or keep_bg))
         if not self.seen: raise ValueError(f'split {self.name!r}: every class is unseen; at least one must be seen')

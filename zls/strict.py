@@ -4,20 +4,16 @@
 
 # %% ../nbs/15_strict.ipynb #4145e464
 from __future__ import annotations
-import time
 from dataclasses import dataclass
 import pandas as pd
-import torch
-from .config import RunConfig, Section, need, param
-from .embeddings import class_embeddings
+from .config import Section, need, param
 from .labeler import IDENTITY, PseudoDataset, label_offline, label_online, parse_views
-from .splits import Split
-from .train import Round, train
-from .train import evaluate_round as evaluate_round  # the shared evaluation is this method's
+from .round import Round, evaluate_student, name_embeddings, timed
+from .train import train
 
 # %% auto #0
-__all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN', 'Config', 'class_matrix', 'label_round',
-           'train_round']
+__all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN', 'class_matrix', 'evaluate_round', 'Config',
+           'label_round', 'train_round']
 
 # %% ../nbs/15_strict.ipynb #bb6aa33e
 @dataclass
@@ -41,35 +37,34 @@ ROUND0_OPTS = ()  # round 0 is SPNet: it reads none of the labeler's parameters
 HIDES_UNSEEN = True  # zero-label: no unseen label may reach training (the leak audit stops a round otherwise)
 
 # %% ../nbs/15_strict.ipynb #e8c79ec1
-def class_matrix(cfg: RunConfig, split: Split) -> torch.Tensor:
-    "The class-name embeddings of the split's model classes."
-    return class_embeddings(split.names, cfg.model.embeddings, path=cfg.model.emb_path or None)
+class_matrix = name_embeddings  # the class-name embeddings of the split's model classes
 
 # %% ../nbs/15_strict.ipynb #e7887675
 def label_round(r: Round) -> pd.DataFrame | None:
     "Offline pseudo-labels for round k > 0 (skipped if complete), plus the single-view diagnostic."
     if r.generator is None or r.opts.labeling != 'offline': return None
-    t0 = time.time()
-    kw = dict(top_p=r.opts.top_p, batch_size=r.cfg.eval.eval_batch, device=r.device)
-    single = r.dir / 'pseudo_identity'  # what the identity view alone labels: the diagnostic of the intersection
-    if not (r.pseudo_dir / 'quality.csv').exists():  # one pass writes both
-        label_offline(r.generator, r.train_set, r.split, r.pseudo_dir, views=parse_views(r.opts.views), **kw,
-                      identity_dir=None if (single / 'quality.csv').exists() else single)
-    elif not (single / 'quality.csv').exists():  # a folder of an older zls that stopped in between
-        label_offline(r.generator, r.train_set, r.split, single, views=IDENTITY, **kw)
-    r.times['label_s'] = round(time.time() - t0, 1)
+    with timed(r, 'label_s'):
+        kw = dict(top_p=r.opts.top_p, batch_size=r.cfg.eval.eval_batch, device=r.device)
+        single = r.dir / 'pseudo_identity'  # what the identity view alone labels: the diagnostic of the intersection
+        if not (r.pseudo_dir / 'quality.csv').exists():  # one pass writes both
+            label_offline(r.generator, r.train_set, r.split, r.pseudo_dir, views=parse_views(r.opts.views), **kw,
+                          identity_dir=None if (single / 'quality.csv').exists() else single)
+        elif not (single / 'quality.csv').exists():  # a folder of an older zls that stopped in between
+            label_offline(r.generator, r.train_set, r.split, single, views=IDENTITY, **kw)
     return pd.read_csv(r.pseudo_dir / 'quality.csv', index_col=0)
 
 def train_round(r: Round) -> dict:
     "Train the round's student on ground truth plus pseudo-labels; resumes or skips via its checkpoint."
-    t0, opts, tc = time.time(), r.opts, r.cfg.train
-    relabel = None
-    if r.generator is not None and opts.labeling == 'online':
-        gen, views = r.generator.to(r.device).eval(), parse_views(opts.views)
-        relabel = lambda x, y: label_online(gen, x, y, r.split, views=views, top_p=opts.top_p)
-    offline = r.generator is not None and opts.labeling == 'offline'
-    data = PseudoDataset(r.train_set, r.split, r.pseudo_dir if offline else None)
-    out = train(r.student, data, tc, iters=tc.iters0 if r.k == 0 else tc.iters, seed=tc.seed + 1000 * r.k,
-                ckpt=r.ckpt, classes=r.split.seen_idx if r.k == 0 else None, relabel=relabel, meta=r.meta())
-    r.times['train_s'] = round(time.time() - t0, 1)
+    opts, tc = r.opts, r.cfg.train
+    with timed(r, 'train_s'):
+        relabel = None
+        if r.generator is not None and opts.labeling == 'online':
+            gen, views = r.generator.to(r.device).eval(), parse_views(opts.views)
+            relabel = lambda x, y: label_online(gen, x, y, r.split, views=views, top_p=opts.top_p)
+        offline = r.generator is not None and opts.labeling == 'offline'
+        data = PseudoDataset(r.train_set, r.split, r.pseudo_dir if offline else None)
+        out = train(r.student, data, tc, iters=tc.iters0 if r.k == 0 else tc.iters, seed=tc.seed + 1000 * r.k,
+                    ckpt=r.ckpt, classes=r.split.seen_idx if r.k == 0 else None, relabel=relabel, meta=r.meta())
     return out
+
+evaluate_round = evaluate_student  # the shared evaluation (`zls.round`) is this method's

@@ -4,19 +4,15 @@
 
 # %% ../nbs/16_supervised.ipynb #72815594
 from __future__ import annotations
-import time
 from dataclasses import dataclass
-import torch
-from .config import RunConfig, Section, need, param
+from .config import Section, need, param
 from .data import LabeledSet, labeled_indices
-from .embeddings import class_embeddings
-from .splits import Split
-from .train import Round, train
-from .train import evaluate_round as evaluate_round  # the shared evaluation is this method's
+from .round import Round, evaluate_student, name_embeddings, timed
+from .train import train
 
 # %% auto #0
-__all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN', 'Config', 'class_matrix', 'label_round',
-           'train_round']
+__all__ = ['ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS', 'HIDES_UNSEEN', 'class_matrix', 'evaluate_round', 'Config',
+           'label_round', 'train_round']
 
 # %% ../nbs/16_supervised.ipynb #c3bd0d90
 @dataclass
@@ -33,10 +29,7 @@ MAX_ROUNDS = 0
 MULTI_PROCESS = True
 ROUND0_OPTS = ('label_fraction', 'label_seed')
 HIDES_UNSEEN = False  # it trains on every class of its labelled images
-
-def class_matrix(cfg: RunConfig, split: Split) -> torch.Tensor:
-    "The class-name embeddings of the split's model classes."
-    return class_embeddings(split.names, cfg.model.embeddings, path=cfg.model.emb_path or None)
+class_matrix = name_embeddings  # the class-name embeddings of the split's model classes (`zls.round`)
 
 # %% ../nbs/16_supervised.ipynb #4f67b681
 def label_round(r: Round) -> None:
@@ -45,9 +38,12 @@ def label_round(r: Round) -> None:
 
 def train_round(r: Round) -> dict:
     "Train the student on the labelled fraction (`labeled.txt` records it); resumes or skips via its checkpoint."
-    t0, tc = time.time(), r.cfg.train
-    lab, _ = labeled_indices(r.train_set, r.opts.label_fraction, seed=r.opts.label_seed, record=r.dir / 'labeled.txt')
-    out = train(r.student, LabeledSet(r.train_set, r.split, lab), tc, iters=tc.iters0, seed=tc.seed + 1000 * r.k,
-                ckpt=r.ckpt, meta=r.meta())
-    r.times['train_s'] = round(time.time() - t0, 1)
+    tc = r.cfg.train
+    with timed(r, 'train_s'):
+        lab, _ = labeled_indices(r.train_set, r.opts.label_fraction, seed=r.opts.label_seed,
+                                 record=r.dir / 'labeled.txt')
+        out = train(r.student, LabeledSet(r.train_set, r.split, lab), tc, iters=tc.iters0, seed=tc.seed + 1000 * r.k,
+                    ckpt=r.ckpt, meta=r.meta())
     return out
+
+evaluate_round = evaluate_student  # the shared evaluation (`zls.round`) is this method's

