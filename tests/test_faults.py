@@ -249,7 +249,8 @@ def test_importing_zls_leaves_torch_as_it_was():
     code = ('import json, os, torch, torchvision; state = lambda: [sorted(os.environ.items()), '
             'torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled(), torch.get_num_threads(), '
             'torch.backends.cpu.get_cpu_capability()]; before = state()\n'
-            'import zls, zls.cli, zls.benchmark, zls.explore, zls.docs, zls.pretrain\n'
+            'import importlib, pkgutil, zls\n'
+            '[importlib.import_module(f"zls.{m.name}") for m in pkgutil.iter_modules(zls.__path__)]\n'
             'print(json.dumps(state() == before))')
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=PROBE_ENV)
     assert res.returncode == 0 and res.stdout.strip() == 'true', res.stderr[-2000:]
