@@ -14,8 +14,8 @@ import torch
 import ipywidgets as widgets
 from fastcore.basics import patch
 from PIL import Image
-from .core import IGNORE_INDEX, get_device, load_mask, voc_palette
-from .datasets import normalize
+from .core import IGNORE_INDEX, get_device, load_mask
+from .datasets import class_palette, normalize
 from .config import DataConfig
 from .data import build_datasets, split_of
 from .labeler import DEFAULT_VIEWS, View, check_views, considered_idx, parse_views, view_logits, vote
@@ -59,11 +59,9 @@ def round_metrics(run_dir, k: int) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 # %% ../nbs/23_explore.ipynb #42b73728
-_PALETTE = voc_palette()
-
 def class_colors(split: Split) -> np.ndarray:
-    "RGB of each model class, `(n_classes, 3)` uint8: the VOC colour of its dataset label id."
-    return _PALETTE[to_label_ids(np.arange(split.n_classes), split)]
+    "RGB of each model class, `(n_classes, 3)` uint8: the colour the run's figures give its dataset label id."
+    return class_palette(split.classes, split.label_ids)[to_label_ids(np.arange(split.n_classes), split)]
 
 def fade(img: np.ndarray) -> np.ndarray:
     "Pixels washed out towards light grey, for what is not the picked class."
