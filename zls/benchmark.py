@@ -20,9 +20,9 @@ from .tables import PS_METRICS
 
 # %% auto #0
 __all__ = ['ZERO', 'UNSUP', 'SSL_START', 'UNSUP_TARGETS', 'SEMI_COUNTS', 'SEMI', 'ABLATION', 'SHAPES_STRONG', 'SHAPES_PS_BEFORE',
-           'SHAPES_PS', 'SHAPES_PS_DEC', 'ZERO_ENTRIES', 'SEMI_ENTRIES', 'UNSUP_ENTRIES', 'SSL_ENTRIES', 'ENTRIES',
-           'Entry', 'semi', 'pick', 'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0', 'run_name',
-           'run_benchmark', 'reported_round', 'benchmark_rows', 'kernels_of', 'unsupervised_rows', 'plot_benchmark']
+           'SHAPES_PS', 'ZERO_ENTRIES', 'SEMI_ENTRIES', 'UNSUP_ENTRIES', 'SSL_ENTRIES', 'ENTRIES', 'Entry', 'semi',
+           'pick', 'round0_identity', 'param_diff', 'adopt_rounds', 'branch_round0', 'run_name', 'run_benchmark',
+           'reported_round', 'benchmark_rows', 'kernels_of', 'unsupervised_rows', 'plot_benchmark']
 
 # %% ../nbs/21_benchmark.ipynb #fc1cb0da
 @dataclass
@@ -54,8 +54,6 @@ SHAPES_PS_BEFORE = dict(SHAPES_STRONG, ps_cls_grad=False, ps_hard=True, ps_thres
 # own softmax is at least 0.95 sure; the CAM, drawn for the decoder's classes, is scored but not fused (fusing it lost)
 SHAPES_PS = dict(SHAPES_PS_BEFORE, ps_presence='decoder', ps_cam_lr_mult=10.0, ps_norm='none', ps_T=1.0,
                  ps_threshold=0.95, ps_source='decoder')
-# the decoder-softmax variant benchmarked next to the setting before (results/semi_decoder.csv)
-SHAPES_PS_DEC = dict(SHAPES_PS_BEFORE, ps_norm='none', ps_source='decoder', ps_T=1.0, ps_threshold=0.95)
 
 def semi(n: int, **params) -> dict:
     "Parameters of a semi-supervised entry with `n` of the 2,000 `shapes` training images labelled."
@@ -83,8 +81,6 @@ SEMI_ENTRIES = (
           semi(31, method='pseudoseg', **dict(SHAPES_PS, ps_source='cam')), 0),
     Entry('pseudoseg-31-weak', 'PseudoSeg, no strong view', ABLATION,
           semi(31, method='pseudoseg', **dict(SHAPES_PS, ps_strong=False)), 0),
-    *(Entry(f'pseudoseg-{n}-dec', f'PseudoSeg, decoder softmax >= 0.95, {n} labelled', SEMI[n],
-            semi(n, method='pseudoseg', **SHAPES_PS_DEC), 0) for n in SEMI_COUNTS),
 )
 
 # %% ../nbs/21_benchmark.ipynb #4de72bc2
