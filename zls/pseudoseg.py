@@ -100,7 +100,7 @@ PRESENCES = ('classifier', 'decoder')
 @patch
 def branches(self: PseudoSegNet, x: torch.Tensor, *, present: torch.Tensor | None = None, cls_grad: bool = True,
              presence: str = 'classifier', min_frac: float = 0.004) -> dict:
-    "Decoder logits, CAM logits (both at the input size), image-level logits and CAMs; `present` (B, n_obj) bool."
+    "Decoder and CAM logits (both at the input size), image-level logits, CAMs, features; `present` (B, n_obj) bool."
     out = self.seg.backbone(x)
     feats = out['out']
     size = x.shape[-2:]
@@ -116,7 +116,7 @@ def branches(self: PseudoSegNet, x: torch.Tensor, *, present: torch.Tensor | Non
         bg = 2 - cam.amax(1, keepdim=True)
         cam = torch.cat([cam[:, :self.bg_idx], bg, cam[:, self.bg_idx:]], 1)
     cam_logits = F.interpolate(self.cam_logits(cam), size=size, mode='bilinear', align_corners=False)
-    return dict(decoder=decoder, cam_logits=cam_logits, cls=cls, cam=cam)
+    return dict(decoder=decoder, cam_logits=cam_logits, cls=cls, cam=cam, feats=feats)
 
 # %% ../nbs/17_pseudoseg.ipynb #4845be97
 def decoder_presence(decoder: torch.Tensor, bg_idx: int | None, *, min_frac: float = 0.004) -> torch.Tensor:
@@ -419,7 +419,7 @@ def cam_counts(net: PseudoSegNet, x: torch.Tensor, truth: torch.Tensor, wb: dict
     "One batch's counts: pointing hits and tries, sure and right object pixels of all, presence hits, used and true."
     bg = net.bg_idx
     true_pres = image_labels(truth, net.n_classes, bg)
-    feats = net.seg.backbone(x)['out']
+    feats = wb['feats']  # the backbone's features of this batch, computed once by `branches`
     refined = net.refine(feats, linear_cam(feats, net.classifier) * true_pres[:, :, None, None])
     hits, tries = pointing_hits(refined, truth, true_pres, [c for c in range(net.n_classes) if c != bg])
     obj = (truth != IGNORE_INDEX) & (truth != (-1 if bg is None else bg))
