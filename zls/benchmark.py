@@ -51,9 +51,10 @@ SHAPES_STRONG = dict(ps_brightness=0.15, ps_contrast=0.15, ps_saturation=0.15, p
 # pseudo-label never passed 0.7 on an object pixel (nbs/experiments/pseudoseg_cam.ipynb)
 SHAPES_PS_BEFORE = dict(SHAPES_STRONG, ps_cls_grad=False, ps_hard=True, ps_threshold=0.7)
 # chosen on held-out unlabeled training images (nbs/experiments/pseudoseg_cam.ipynb): hard labels where the decoder's
-# own softmax is at least 0.95 sure; the CAM, drawn for the decoder's classes, is scored but not fused (fusing it lost)
+# own debiased softmax is at least 0.95 sure (each object class divided by its running share squared); the CAM, drawn
+# for the decoder's classes, is scored but not fused (fusing it lost)
 SHAPES_PS = dict(SHAPES_PS_BEFORE, ps_presence='decoder', ps_cam_lr_mult=10.0, ps_norm='none', ps_T=1.0,
-                 ps_threshold=0.95, ps_source='decoder')
+                 ps_threshold=0.95, ps_source='decoder', ps_debias=2.0)
 
 def semi(n: int, **params) -> dict:
     "Parameters of a semi-supervised entry with `n` of the 2,000 `shapes` training images labelled."

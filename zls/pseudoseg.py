@@ -29,10 +29,10 @@ from .train import make_optimizer, model_from_checkpoint, poly_schedule
 # %% auto #0
 __all__ = ['PRESENCES', 'SOURCES', 'NORMS', 'JITTER', 'STUDENT_NORMS', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS',
            'HIDES_UNSEEN', 'grad_cam', 'linear_cam', 'image_labels', 'PseudoSegNet', 'decoder_presence', 'global_rms',
-           'sharpen', 'fuse', 'strong_view', 'soft_cross_entropy', 'consistency_loss', 'bn_stats_frozen',
-           'rampup_weight', 'unlabeled_targets', 'ImageLabeledSet', 'Config', 'check_config', 'labeled_loss',
-           'weak_pseudo_labels', 'unlabeled_loss', 'pseudoseg_optimizer', 'train_pseudoseg', 'label_round',
-           'train_round', 'pointing_hits', 'cam_counts', 'pseudo_scores', 'evaluate_round']
+           'sharpen', 'fuse', 'debias', 'update_marginal', 'strong_view', 'soft_cross_entropy', 'consistency_loss',
+           'bn_stats_frozen', 'rampup_weight', 'unlabeled_targets', 'ImageLabeledSet', 'Config', 'check_config',
+           'labeled_loss', 'weak_pseudo_labels', 'unlabeled_loss', 'pseudoseg_optimizer', 'train_pseudoseg',
+           'label_round', 'train_round', 'pointing_hits', 'cam_counts', 'pseudo_scores', 'evaluate_round']
 
 # %% ../nbs/17_pseudoseg.ipynb #95814907
 def grad_cam(feats: torch.Tensor, scorer) -> torch.Tensor:
@@ -72,6 +72,9 @@ class PseudoSegNet(nn.Module):
         self.classifier = nn.Conv2d(c, self.n_obj, 1)
         self.query, self.key = nn.Conv2d(c, attn_dim, 1), nn.Conv2d(c, attn_dim, 1)
         self.cam_logits = nn.Sequential(nn.Conv2d(seg.n_classes, seg.n_classes, 1), nn.BatchNorm2d(seg.n_classes))
+        # running share of each class in the weak views' pseudo-labels (`ps_debias`); a buffer, so checkpoints resume it
+        self.register_buffer('pseudo_marginal', torch.full((seg.n_classes,), 1.0 / seg.n_classes))
+        self.register_load_state_dict_pre_hook(_uniform_if_missing)
         # the checkpoint records the wrapper; `zls.train.model_from_checkpoint` reads the segmenter's part only
         self.model_args = dict(seg.model_args, pseudoseg=dict(bg_idx=bg_idx, attn_dim=attn_dim))
 
@@ -85,6 +88,11 @@ class PseudoSegNet(nn.Module):
         q, k = self.query(f).flatten(2), self.key(f).flatten(2)  # (B, d, N)
         attn = torch.softmax(q.transpose(1, 2) @ k / q.shape[1] ** 0.5, dim=-1)  # (B, N, N)
         return (cam.flatten(2) @ attn.transpose(1, 2)).view_as(cam) + cam
+
+def _uniform_if_missing(module, state_dict, prefix, *args):
+    "Checkpoints written before `pseudo_marginal` existed load with the uniform start."
+    m = module.pseudo_marginal
+    state_dict.setdefault(prefix + 'pseudo_marginal', torch.full_like(m, 1.0 / len(m)))
 
 def _feature_channels(seg: Segmenter) -> int:
     with torch.no_grad():
@@ -149,6 +157,23 @@ def fuse(decoder: torch.Tensor, cam_logits: torch.Tensor | None = None, *, sourc
     else: scales = [global_rms(*maps) if norm == 'rms' else decoder.new_ones(())] * len(maps)
     p = torch.stack([torch.softmax(m / s, 1) for m, s in zip(maps, scales)]).mean(0)
     return sharpen(p, T), scales[0]
+
+# %% ../nbs/17_pseudoseg.ipynb #455b5389
+def debias(p: torch.Tensor, marginal: torch.Tensor, lam: float, bg_idx: int | None) -> torch.Tensor:
+    "Pseudo-labels (B, C, H, W) with each object class divided by its running share^`lam` (centred), renormalised."
+    if lam == 0: return p
+    obj = torch.ones_like(marginal, dtype=torch.bool)
+    if bg_idx is not None: obj[bg_idx] = False
+    logm = marginal.clamp_min(1e-8).log()
+    adj = torch.where(obj, lam * (logm - logm[obj].mean()), torch.zeros_like(logm))
+    q = p * torch.exp(-adj)[None, :, None, None]
+    return q / q.sum(1, keepdim=True)
+
+@torch.no_grad()
+def update_marginal(marginal: torch.Tensor, p: torch.Tensor, valid: torch.Tensor, momentum: float) -> torch.Tensor:
+    "In place: `marginal` moves towards the mean class distribution of `p` (B, C, H, W) over the `valid` pixels."
+    share = (p * valid[:, None]).sum((0, 2, 3)) / valid.sum().clamp_min(1)
+    return marginal.mul_(momentum).add_(share, alpha=1 - momentum)
 
 # %% ../nbs/17_pseudoseg.ipynb #1f3e8de3
 JITTER = (0.5, 0.5, 0.5, 0.25)  # brightness, contrast, saturation, hue: PseudoSeg's strong colour jitter
@@ -257,6 +282,9 @@ class Config(Section):
                                      "loss (the public code's pseudo_label_threshold); 0 off")
     ps_hard: bool = param(False, "learn the pseudo-label's argmax instead of its distribution (the public code's "
                                  'soft_pseudo_label=False)')
+    ps_debias: float = param(0.0, "debiased pseudo-labels: each object class's probability divided by its running "
+                                  'share of the pseudo-labels to this power (Wang et al. 2022); 0 off')
+    ps_debias_momentum: float = param(0.99, "momentum of the pseudo-labels' running class shares")
     ps_weight: float = param(1.0, 'weight of the unlabeled loss')
     ps_rampup: int = param(0, 'steps after the warm-up over which the unlabeled weight rises along a sigmoid; 0 off')
     ps_cls_grad: bool = param(True, "the image classifier's loss trains the backbone too (the public code's); False "
@@ -286,6 +314,8 @@ def check_config(c: Config):
     need('ps_noise', c.ps_noise, c.ps_noise >= 0, 'a noise std >= 0 (0..255 units)')
     need('ps_blur', c.ps_blur, 0 <= c.ps_blur <= 1, 'a probability in [0, 1]')
     need('ps_threshold', c.ps_threshold, 0 <= c.ps_threshold < 1, 'a probability in [0, 1) (0: off)')
+    need('ps_debias', c.ps_debias, c.ps_debias >= 0, 'a power >= 0 (0: off)')
+    need('ps_debias_momentum', c.ps_debias_momentum, 0 <= c.ps_debias_momentum < 1, 'a momentum in [0, 1)')
     need('ps_weight', c.ps_weight, c.ps_weight >= 0, 'a weight >= 0')
     need('ps_rampup', c.ps_rampup, c.ps_rampup >= 0, 'a number of steps >= 0 (0: no ramp)')
     need('ps_unlabeled_batch', c.ps_unlabeled_batch, c.ps_unlabeled_batch >= 0, 'an int >= 0 (0: batch_size)')
@@ -326,6 +356,9 @@ def unlabeled_loss(net: PseudoSegNet, xu: torch.Tensor, yu: torch.Tensor, ps: Co
     valid = (yu != IGNORE_INDEX).to(device)  # padding of the unlabeled crops takes no loss
     pseudo, norm = weak_pseudo_labels(net, normalize(xu.to(device)), present=given, source=ps.ps_source, T=ps.ps_T,
                                       norm=ps.ps_norm, presence=ps.ps_presence, min_frac=ps.ps_presence_min)
+    if ps.ps_debias:
+        update_marginal(net.pseudo_marginal, pseudo, valid, ps.ps_debias_momentum)
+        pseudo = debias(pseudo, net.pseudo_marginal, ps.ps_debias, net.bg_idx)
     xs, keep = strong_view(xu, generator=generator, **ps.strong())
     with bn_stats_frozen(net):
         student = net(normalize(xs.to(device)))
@@ -443,6 +476,7 @@ def pseudo_scores(net: PseudoSegNet, dataset, split: Split, ps: Config, *, batch
         given = image_labels(truth, net.n_classes, net.bg_idx) if ps.ps_image_labels else None  # the weak variant
         wb = net.branches(x, present=given, presence=ps.ps_presence, min_frac=ps.ps_presence_min)
         pseudo, _ = fuse(wb['decoder'], wb['cam_logits'], source=ps.ps_source, T=ps.ps_T, norm=ps.ps_norm)
+        pseudo = debias(pseudo, net.pseudo_marginal, ps.ps_debias, net.bg_idx)  # as training last made them
         for k, m in (('pseudo', pseudo), ('prediction', wb['decoder']), ('cam', wb['cam_logits'])):
             cms[k].update(m.argmax(1), truth)
         n += cam_counts(net, x, truth, wb, pseudo, ps.ps_threshold)
