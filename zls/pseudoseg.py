@@ -27,7 +27,7 @@ from .train import StepBatches, fit
 from .train import make_optimizer, model_from_checkpoint, poly_schedule
 
 # %% auto #0
-__all__ = ['PRESENCES', 'SOURCES', 'NORMS', 'JITTER', 'STUDENT_NORMS', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS',
+__all__ = ['PRESENCES', 'SOURCES', 'NORMS', 'STUDENT_NORMS', 'JITTER', 'ROUNDS', 'MAX_ROUNDS', 'MULTI_PROCESS', 'ROUND0_OPTS',
            'HIDES_UNSEEN', 'grad_cam', 'linear_cam', 'image_labels', 'PseudoSegNet', 'decoder_presence', 'global_rms',
            'sharpen', 'fuse', 'debias', 'update_marginal', 'strong_view', 'soft_cross_entropy', 'consistency_loss',
            'bn_stats_frozen', 'rampup_weight', 'unlabeled_targets', 'ImageLabeledSet', 'Config', 'check_config',
@@ -135,6 +135,7 @@ def decoder_presence(decoder: torch.Tensor, bg_idx: int | None, *, min_frac: flo
 
 # %% ../nbs/17_pseudoseg.ipynb #101584cb
 SOURCES, NORMS = ('fusion', 'decoder', 'cam'), ('rms', 'source', 'none')
+STUDENT_NORMS = ('none', 'shared')  # the strong view's logits: raw, or divided by the target's normaliser
 
 def global_rms(*maps: torch.Tensor) -> torch.Tensor:
     "One scalar: the root mean square of every value of `maps` (the whole batch, every pixel and class)."
@@ -252,8 +253,6 @@ class ImageLabeledSet(LabeledSet):
     def hidden_targets(self, xu, yu): return yu
 
 # %% ../nbs/17_pseudoseg.ipynb #ce201e21
-STUDENT_NORMS = ('none', 'shared')
-
 @dataclass
 class Config(Section):
     "PseudoSeg: labelled fraction, warm-up, the pseudo-labels' source and sharpening, the strong view, the loss."
@@ -282,8 +281,7 @@ class Config(Section):
                                      "loss (the public code's pseudo_label_threshold); 0 off")
     ps_hard: bool = param(False, "learn the pseudo-label's argmax instead of its distribution (the public code's "
                                  'soft_pseudo_label=False)')
-    ps_debias: float = param(0.0, "debiased pseudo-labels: each object class's probability divided by its running "
-                                  'share of the pseudo-labels to this power (Wang et al. 2022); 0 off')
+    ps_debias: float = param(0.0, "each object class's pseudo-label probability / its running share^this; 0 off")
     ps_debias_momentum: float = param(0.99, "momentum of the pseudo-labels' running class shares")
     ps_weight: float = param(1.0, 'weight of the unlabeled loss')
     ps_rampup: int = param(0, 'steps after the warm-up over which the unlabeled weight rises along a sigmoid; 0 off')
